@@ -1,0 +1,66 @@
+"""Detector protocol and chunked scoring of feature arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainStats:
+    """ID training statistics a detector may need, each loaded on first use.
+
+    mean_feature: (D,) mean of h (DICE); contributions: (C, D) class-mean Taylor contributions
+    (LINe); train_features: (N, D) features of the training set (ReAct percentile, ...).
+    """
+
+    mean_feature: Callable[[], np.ndarray] | None = None
+    contributions: Callable[[], np.ndarray] | None = None
+    train_features: Callable[[], np.ndarray] | None = None
+    train_labels: Callable[[], np.ndarray] | None = None
+
+    def get(self, name: str):
+        loader = getattr(self, name)
+        if loader is None:
+            raise ValueError(f"this detector needs the ID training statistic {name!r}")
+        return loader()
+
+
+class Detector:
+    """Base class: logit-based score of (optionally clipped) features."""
+
+    name = "detector"
+
+    def fit(self, fc: nn.Linear, stats: TrainStats | None = None) -> Detector:
+        self.fc_ = fc.cpu().float().eval()
+        return self
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc_(h)
+
+    def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Energy score: logsumexp over classes (temperature 1)."""
+        return torch.logsumexp(logits, dim=1)
+
+    def settings(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+
+def score_features(
+    detector: Detector, features: np.ndarray, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) float64 and predicted classes (N,) of ``features``, ``chunk`` rows at a time."""
+    scores, preds = [], []
+    with torch.inference_mode():
+        for start in range(0, len(features), chunk):
+            h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
+            z = detector.logits(h)
+            scores.append(detector.score_logits(z).double().numpy())
+            preds.append(z.argmax(dim=1).numpy())
+    if not scores:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(scores), np.concatenate(preds)

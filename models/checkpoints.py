@@ -1,0 +1,119 @@
+"""Finding, downloading, verifying and loading checkpoints (always ``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from util.errors import UserError
+from util.io import sha256_file
+
+CHECKPOINT_EPOCH = 100
+
+# The DenseNet-101 checkpoints published with the DICE code, and their sha256.
+_DICE_RAW = "https://github.com/deeplearning-wisc/dice/raw/master/checkpoints"
+PUBLISHED_CHECKPOINTS = {
+    ("CIFAR-10", "densenet"): (
+        f"{_DICE_RAW}/CIFAR-10/densenet/checkpoint_100.pth.tar",
+        "deaefd082911a1c6c92aacdcfecf03c71b932acc5c08b779c85c44eccdc0c817",
+    ),
+    ("CIFAR-100", "densenet"): (
+        f"{_DICE_RAW}/CIFAR-100/densenet/checkpoint_100.pth.tar",
+        "56cbe261c2612976e11aedcbd60ba00766e8c01c78f96c3f18ff561ead804d47",
+    ),
+}
+
+
+def default_checkpoint_path(in_dataset: str, name: str, root: str | os.PathLike = "checkpoints") -> Path:
+    """``{root}/{in_dataset}/{name}/checkpoint_100.pth.tar``, the original repositories' layout."""
+    return Path(root) / in_dataset / name / f"checkpoint_{CHECKPOINT_EPOCH}.pth.tar"
+
+
+def download_published_checkpoint(in_dataset: str, name: str, dest: Path) -> Path:
+    """Download a published checkpoint to ``dest`` and check its sha256; raise UserError if impossible."""
+    if (in_dataset, name) not in PUBLISHED_CHECKPOINTS:
+        raise UserError(
+            f"checkpoint not found: {dest}\n"
+            f"No published checkpoint is known for --in-dataset {in_dataset} --name {name}; "
+            "pass your own with --checkpoint PATH."
+        )
+    url, sha256 = PUBLISHED_CHECKPOINTS[(in_dataset, name)]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".download")
+    print(f"checkpoint {dest} is missing; downloading {url}")
+    try:
+        torch.hub.download_url_to_file(url, str(tmp), progress=True)
+    except Exception as exc:  # network errors come in many types
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"checkpoint not found: {dest}, and downloading it failed ({type(exc).__name__}: {exc}).\n"
+            f"Download {url} by hand and put it at {dest}, or pass --checkpoint PATH."
+        ) from None
+    got = sha256_file(tmp)
+    if got != sha256:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"downloaded {url} has sha256 {got}, expected {sha256}; not using it.")
+    os.replace(tmp, dest)
+    return dest
+
+
+def resolve_checkpoint(checkpoint: str | None, in_dataset: str, name: str) -> Path:
+    """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UserError(f"checkpoint not found: {path} (given with --checkpoint)")
+        return path
+    path = default_checkpoint_path(in_dataset, name)
+    if path.is_file():
+        return path
+    return download_published_checkpoint(in_dataset, name, path)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint with ``weights_only=True``; accept {'state_dict': ...} or a bare state_dict."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot load checkpoint {path}: not a PyTorch checkpoint that loads with "
+            f"weights_only=True ({first})"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint {path} holds no state_dict (a dict of tensors)")
+    # Checkpoints saved from nn.DataParallel prefix every key with "module.".
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict, path: str | os.PathLike) -> None:
+    """``load_state_dict(strict=True)`` with a message naming what did not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"checkpoint {path} does not fit model {type(model).__name__}:"]
+        if missing:
+            parts.append(f"  {len(missing)} missing keys, e.g. {missing[:5]}")
+        if unexpected:
+            parts.append(f"  {len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
+        if shapes:
+            parts.append(f"  {len(shapes)} shape mismatches, e.g. {shapes[:3]}")
+        parts.append("Check --model-arch, --in-dataset (number of classes) and --checkpoint.")
+        raise UserError("\n".join(parts))
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,334 @@
+"""Evaluate an OOD detector (LINe, DICE, Energy, MSP, ReAct, ODIN) on ID test and OOD sets.
+
+Features of every set are extracted once and cached (see util/features.py); every detector and
+hyperparameter setting is then computed from the cache. Prints FPR95 / AUROC / AUPR-In per OOD
+set and on average (ID positive, the DICE/LINe convention), the ID accuracy of the logits used,
+and writes {base_dir}/{in_dataset}/{method}/{name}/results.json plus per-image scores.
+
+Examples (the original demo commands):
+  python ood_eval.py --in-dataset CIFAR-10 --p-w 90 --p-a 90 --method taylor --clip_threshold 1.0
+  python ood_eval.py --in-dataset CIFAR-10 --p 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detectors import DICE, MSP, Energy, LINe, ReAct, TrainStats, score_features
+from util.cli import (
+    add_common_args,
+    code_version,
+    contributions_path,
+    ensure_writable_dir,
+    feat_stat_path,
+    load_classifier,
+    load_contributions,
+    load_feat_stat,
+    nonnegative_float,
+    num_classes,
+    percentile_arg,
+    positive_int,
+    run_cli,
+)
+from util.data import (
+    CIFAR_OOD_SETS,
+    cifar_dataset,
+    id_transform,
+    missing_ood_message,
+    ood_available,
+    ood_dataset,
+    spread_subset,
+)
+from util.errors import UserError
+from util.features import FeatureExtractor
+from util.io import atomic_save_npy, atomic_write_json, sha256_file
+from util.metrics import average_metrics, format_table, ood_metrics
+
+METHOD_ALIASES = {
+    "taylor": "line",
+    "line": "line",
+    "dice": "dice",
+    "energy": "energy",
+    "msp": "msp",
+    "react": "react",
+    "odin": "odin",
+}
+PAPER_LINE = {"CIFAR-10": (90.0, 90.0, 1.0), "CIFAR-100": (90.0, 10.0, 1.0)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[8:]),
+    )
+    add_common_args(parser)
+    parser.add_argument(
+        "--method",
+        default="energy",
+        choices=sorted(METHOD_ALIASES),
+        help="score: energy (DICE when --p is given), taylor/line (LINe), dice, "
+        "msp, react, odin (default: energy)",
+    )
+    parser.add_argument(
+        "--p",
+        default=None,
+        type=percentile_arg,
+        help="DICE sparsity percentile p (with --method energy or dice)",
+    )
+    parser.add_argument(
+        "--p-w", default=None, type=percentile_arg, help="LINe weight-pruning percentile (paper: 90 on CIFAR)"
+    )
+    parser.add_argument(
+        "--p-a",
+        default=None,
+        type=percentile_arg,
+        help="LINe activation-pruning percentile (paper: 90 CIFAR-10, 10 CIFAR-100)",
+    )
+    parser.add_argument(
+        "--clip_threshold",
+        "--clip-threshold",
+        dest="clip_threshold",
+        default=None,
+        type=nonnegative_float,
+        help="activation clipping tau: h' = min(h, tau) (LINe paper: 1.0 on CIFAR)",
+    )
+    parser.add_argument(
+        "--react-percentile",
+        default=90.0,
+        type=percentile_arg,
+        help="ReAct: tau = this percentile of ID training activations (default 90)",
+    )
+    parser.add_argument("--temperature", default=1000.0, type=float, help="ODIN temperature")
+    parser.add_argument(
+        "--noise", default=0.0014, type=nonnegative_float, help="ODIN input perturbation magnitude"
+    )
+    parser.add_argument(
+        "--out-datasets",
+        nargs="+",
+        default=None,
+        help=f"OOD set names or folders (default: {' '.join(CIFAR_OOD_SETS)}; "
+        "extra: FashionMNIST gaussian uniform)",
+    )
+    parser.add_argument(
+        "--contrib",
+        default=None,
+        help="LINe contributions file (default: the one precompute.py wrote in --cache-dir)",
+    )
+    parser.add_argument(
+        "--feat-stat", default=None, help="DICE mean-feature file (default: the one in --cache-dir)"
+    )
+    parser.add_argument(
+        "--max-samples",
+        default=None,
+        type=positive_int,
+        help="use N images spread evenly over each set (quick runs)",
+    )
+    parser.add_argument("--base-dir", default="output/ood_scores", help="result directory")
+    return parser
+
+
+def resolve_detector(args, stats: TrainStats):
+    """(canonical method name, detector) for the flags; --p with energy means DICE."""
+    method = METHOD_ALIASES[args.method]
+    tau = args.clip_threshold
+    if method == "energy" and args.p is not None:
+        method = "dice"
+    if method == "energy" and tau is not None:
+        method = "react"
+    if method == "line":
+        p_w, p_a, paper_tau = PAPER_LINE[args.in_dataset]
+        p_w = p_w if args.p_w is None else args.p_w
+        p_a = p_a if args.p_a is None else args.p_a
+        return "line", LINe(p_w=p_w, p_a=p_a, clip_threshold=paper_tau if tau is None else tau)
+    if method == "dice":
+        return ("dice" if tau is None else "dice_react"), DICE(
+            p=90.0 if args.p is None else args.p, clip_threshold=tau
+        )
+    if method == "react":
+        return "react", ReAct(clip_threshold=tau, percentile=args.react_percentile)
+    if method == "msp":
+        return "msp", MSP()
+    if method == "odin":
+        return "odin", None
+    return "energy", Energy()
+
+
+def ood_set_names(args) -> list[str]:
+    """Requested OOD sets; default sets that are absent are skipped with one line each."""
+    if args.out_datasets:
+        missing = [n for n in args.out_datasets if not ood_available(n, args.data_root)]
+        if missing:
+            raise UserError("\n".join(missing_ood_message(n, args.data_root) for n in missing))
+        return list(args.out_datasets)
+    names = []
+    for name in CIFAR_OOD_SETS:
+        if ood_available(name, args.data_root):
+            names.append(name)
+        else:
+            print(f"skipping {missing_ood_message(name, args.data_root)}")
+    if not names:
+        raise UserError(
+            f"no OOD set found under {Path(args.data_root) / 'ood_datasets'}; download "
+            "one of the sets above or pass --out-datasets NAME_OR_FOLDER"
+        )
+    return names
+
+
+def score_file_name(name: str) -> str:
+    return name.replace("/", "_").replace("\\", "_") + ".npy"
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    cache_dir = ensure_writable_dir(args.cache_dir, "cache directory")
+    transform = id_transform(args.in_dataset)
+    id_test = spread_subset(
+        cifar_dataset(args.in_dataset, "test", args.data_root, transform), args.max_samples
+    )
+    names = ood_set_names(args)
+    model, model_key, checkpoint = load_classifier(args)
+    fc = model.get_classifier()
+    C, D = num_classes(args.in_dataset), fc.in_features
+
+    files_used = {"checkpoint": {"path": str(checkpoint), "sha256": model_key["checkpoint_sha256"]}}
+
+    def mean_feature():
+        path = Path(args.feat_stat) if args.feat_stat else _find_feat_stat(args)
+        files_used["feat_stat"] = {"path": str(path), "sha256": sha256_file(path)}
+        return load_feat_stat(path, D)
+
+    def contributions():
+        path = (
+            Path(args.contrib)
+            if args.contrib
+            else contributions_path(args.cache_dir, args.in_dataset, args.name)
+        )
+        if not path.is_file():
+            raise UserError(
+                f"LINe contributions {path} not found: run `python precompute.py "
+                f"--in-dataset {args.in_dataset}` with the same --cache-dir first"
+            )
+        files_used["contributions"] = {"path": str(path), "sha256": sha256_file(path)}
+        return load_contributions(path, C, D)
+
+    extractor = FeatureExtractor(
+        model,
+        model_key,
+        cache_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+
+    def train_features():
+        train = cifar_dataset(args.in_dataset, "train", args.data_root, transform)
+        return extractor.extract(train, f"{args.in_dataset}_{args.name}_train").features
+
+    stats = TrainStats(mean_feature=mean_feature, contributions=contributions, train_features=train_features)
+    method, detector = resolve_detector(args, stats)
+    ensure_writable_dir(Path(args.base_dir), "output directory")
+    datasets = {"in": id_test}
+    for name in names:
+        datasets[name] = spread_subset(ood_dataset(name, args.data_root, transform), args.max_samples)
+
+    if method == "odin":
+        scores, preds, labels = _odin(args, extractor, datasets)
+        settings_detector = {"temperature": args.temperature, "noise": args.noise}
+    else:
+        detector.fit(fc, stats)
+        settings_detector = detector.settings()
+        scores, preds, labels = {}, {}, None
+        for key, ds in datasets.items():
+            tag = f"{args.in_dataset}_{args.name}_{'test' if key == 'in' else key}"
+            fs = extractor.extract(ds, tag)
+            scores[key], preds[key] = score_features(detector, fs.features)
+            if key == "in":
+                labels = fs.labels
+        if extractor.images_forwarded == 0:
+            print(f"all features loaded from the cache in {cache_dir / 'features'}: no forward pass")
+        else:
+            print(f"forward pass over {extractor.images_forwarded} images (now cached)")
+
+    accuracy = float(np.mean(preds["in"] == labels))
+    per_set = {name: ood_metrics(scores["in"], scores[name]) for name in names}
+    settings = {
+        **{k: v for k, v in vars(args).items()},
+        "method": method,
+        "method_flag": args.method,
+        "detector": settings_detector,
+        "files": files_used,
+        "code_version": code_version(),
+        "num_images": {k: len(v) for k, v in datasets.items()},
+        "device": str(extractor.device),
+    }
+    out_dir = Path(args.base_dir) / args.in_dataset / method / args.name
+    for key, s in scores.items():
+        atomic_save_npy(out_dir / "scores" / score_file_name(key), s)
+    atomic_write_json(
+        out_dir / "results.json",
+        {"id_accuracy": accuracy, "ood": per_set, "average": average_metrics(per_set), "settings": settings},
+    )
+
+    title = (
+        f"{method} on {args.in_dataset} ({args.name}), {_describe(settings_detector)}\n"
+        "FPR95 at 95% TPR with ID as positive (DICE/LINe convention), percent"
+    )
+    print(format_table(per_set, title))
+    print(f"ID accuracy ({method} logits): {100 * accuracy:.2f}%")
+    print(f"results: {out_dir / 'results.json'}  ({time.time() - start:.1f} s)")
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "no parameters"
+
+
+def _find_feat_stat(args) -> Path:
+    """The DICE mean-feature file in --cache-dir, by --name, else by --model-arch (DICE's naming)."""
+    candidates = [
+        feat_stat_path(args.cache_dir, args.in_dataset, args.name),
+        feat_stat_path(args.cache_dir, args.in_dataset, args.model_arch),
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise UserError(
+        f"DICE feature statistics {candidates[0]} not found: run `python precompute.py "
+        f"--in-dataset {args.in_dataset}` with the same --cache-dir, or pass --feat-stat"
+    )
+
+
+def _odin(args, extractor: FeatureExtractor, datasets: dict):
+    """ODIN needs input gradients: run the network on every set (not cached)."""
+    from torch.utils.data import DataLoader
+
+    from detectors.odin import odin_scores
+    from util.data import CIFAR_STD
+
+    model = extractor.model
+    scores, preds, labels = {}, {}, None
+    for key, ds in datasets.items():
+        loader = DataLoader(ds, batch_size=extractor.batch_size, num_workers=extractor.num_workers)
+        s, p, y = [], [], []
+        for images, targets in loader:
+            images = images.to(extractor.device)
+            sc, out = odin_scores(model, images, args.temperature, args.noise, CIFAR_STD)
+            s.append(sc.cpu().numpy())
+            p.append(out.argmax(1).cpu().numpy())
+            y.append(targets.numpy())
+        scores[key], preds[key] = np.concatenate(s), np.concatenate(p)
+        if key == "in":
+            labels = np.concatenate(y)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return scores, preds, labels
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,1 @@
+"""Utilities: data loading, feature cache, metrics, scores, safe file writes."""

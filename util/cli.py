@@ -1,0 +1,185 @@
+"""What precompute.py and ood_eval.py share: flags, model loading, cache file names, error exit."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from util.data import IN_DATASETS
+from util.errors import UserError
+from util.io import sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile_arg(text: str) -> float:
+    """argparse type: a percentile in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; expected a percentile in [0, 100]"
+        ) from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside the valid range [0, 100]")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1") from None
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a value >= 0") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is out of range; expected a value >= 0")
+    return value
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--in-dataset",
+        default="CIFAR-10",
+        choices=sorted(IN_DATASETS),
+        help="in-distribution dataset (default: CIFAR-10)",
+    )
+    parser.add_argument(
+        "--name",
+        default="densenet",
+        help="network name: checkpoints/{in_dataset}/{name}/ and cache file names",
+    )
+    parser.add_argument("--model-arch", default="densenet", help="architecture (default: densenet)")
+    parser.add_argument("--data-root", default="datasets", help="dataset root (default: ./datasets)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file (default: checkpoints/{in_dataset}/{name}/"
+        "checkpoint_100.pth.tar, downloaded if absent and published)",
+    )
+    parser.add_argument(
+        "--cache-dir", default="cache", help="where features and ID statistics are cached (default: ./cache)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "-b", "--batch-size", default=256, type=positive_int, help="images per forward batch (default: 256)"
+    )
+    parser.add_argument(
+        "--workers", default=None, type=int, help="DataLoader worker processes (default: 1 on CPU, 4 on CUDA)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def num_classes(in_dataset: str) -> int:
+    return IN_DATASETS[in_dataset]
+
+
+def load_classifier(args):
+    """(model, model_key, checkpoint_path) for the flags; model_key identifies the weights."""
+    from models import get_model
+    from models.checkpoints import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint, args.in_dataset, args.name)
+    model = get_model(args.model_arch, num_classes(args.in_dataset), checkpoint)
+    model_key = {
+        "arch": args.model_arch,
+        "num_classes": num_classes(args.in_dataset),
+        "checkpoint_sha256": sha256_file(checkpoint),
+    }
+    return model, model_key, checkpoint
+
+
+def contributions_path(cache_dir, in_dataset: str, name: str, method: str = "taylor") -> Path:
+    """LINe's class-mean contributions, shape (D, C): ``{in_dataset}_{name}_{method}_mean_class.npy``."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_{method}_mean_class.npy"
+
+
+def feat_stat_path(cache_dir, in_dataset: str, name: str) -> Path:
+    """DICE's mean training feature, shape (D,): ``{in_dataset}_{name}_feat_stat.npy``."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_feat_stat.npy"
+
+
+def load_feat_stat(path: Path, feature_dim: int) -> np.ndarray:
+    """Mean feature (D,) float64 from a DICE ``feat_stat`` file; checks it fits the model."""
+    try:
+        stat = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"cannot read feature statistics {path}: {exc}") from None
+    stat = np.asarray(stat, dtype=np.float64).squeeze()
+    if stat.shape != (feature_dim,):
+        raise UserError(
+            f"{path} holds shape {stat.shape}; this model needs a mean feature of shape "
+            f"({feature_dim},). It was made for another model: rerun precompute.py."
+        )
+    return stat
+
+
+def load_contributions(path: Path, num_classes: int, feature_dim: int) -> np.ndarray:
+    """Class-mean contributions (C, D) from a ``mean_class`` file stored as (D, C)."""
+    try:
+        stored = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"cannot read contributions {path}: {exc}") from None
+    if stored.shape != (feature_dim, num_classes):
+        raise UserError(
+            f"{path} holds shape {stored.shape}; this model needs (features, classes) = "
+            f"({feature_dim}, {num_classes}). It was made for another model: rerun precompute.py."
+        )
+    return np.asarray(stored, dtype=np.float64).T
+
+
+@functools.cache
+def code_version() -> str:
+    """``git describe`` of this checkout, or 'unknown'."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def run_cli(main) -> None:
+    """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2."""
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; partial results were not kept as complete", file=sys.stderr)
+        sys.exit(130)
+
+
+def ensure_writable_dir(path, what: str) -> Path:
+    """Create ``path`` if needed and check it can be written, before any long computation."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{what} {path} is not writable ({exc.strerror}); pass another directory") from None
+    return path

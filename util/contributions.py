@@ -1,0 +1,64 @@
+"""LINe's per-class neuron contributions and DICE's mean feature, streamed over batches.
+
+Contribution of neuron j to the logit of class y for one image (first-order Taylor
+approximation of its Shapley value): s_j = h_j * d logit_y / d h_j. For a linear head this is
+h * W[y]. Cm[c] is the mean of s over the training images of class c.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def taylor_contributions(fc: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """s = h * d logit_y / d h for a whole batch by one autograd call, shape (B, D).
+
+    Samples are independent (no batch statistics in eval mode), so the gradient of
+    sum_i logit_{y_i}(h_i) with respect to h_i is d logit_{y_i} / d h_i of sample i alone.
+    """
+    with torch.enable_grad():
+        h = h.detach().clone().requires_grad_(True)
+        logits = fc(h)
+        picked = logits.gather(1, labels.view(-1, 1).long()).sum()
+        (grad,) = torch.autograd.grad(picked, h)
+    return (h * grad).detach()
+
+
+class ClassMeanAccumulator:
+    """Per-class running sums (float64) of row vectors; ``mean()`` gives the (C, D) class means."""
+
+    def __init__(self, num_classes: int, dim: int):
+        self.sums = torch.zeros(num_classes, dim, dtype=torch.float64)
+        self.counts = torch.zeros(num_classes, dtype=torch.int64)
+
+    def add(self, values: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = labels.long().cpu()
+        self.sums.index_add_(0, labels, values.double().cpu())
+        self.counts += torch.bincount(labels, minlength=len(self.counts))
+
+    def mean(self) -> torch.Tensor:
+        """Class means; a class with no sample gets zeros."""
+        return self.sums / self.counts.clamp(min=1).unsqueeze(1).double()
+
+
+def class_mean_contributions(
+    fc: nn.Module, features: np.ndarray, labels: np.ndarray, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cm (C, D) float64 and the per-class counts, streaming over ``chunk`` rows at a time."""
+    acc = ClassMeanAccumulator(fc.out_features, fc.in_features)
+    fc = fc.cpu()
+    for start in range(0, len(labels), chunk):
+        h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
+        y = torch.from_numpy(np.asarray(labels[start : start + chunk]))
+        acc.add(taylor_contributions(fc, h, y), y)
+    return acc.mean().numpy(), acc.counts.numpy()
+
+
+def mean_feature(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Mean of h over all rows, float64, shape (D,)."""
+    total = np.zeros(features.shape[1], dtype=np.float64)
+    for start in range(0, len(features), chunk):
+        total += np.asarray(features[start : start + chunk], dtype=np.float64).sum(axis=0)
+    return total / len(features)

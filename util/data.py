@@ -1,0 +1,369 @@
+"""Datasets of DESIGN.md: CIFAR (torchvision format or image folders), OOD sets, noise sets.
+
+Every dataset here returns ``(image_tensor, label)`` and has ``fingerprint()``: a JSON-able
+description of exactly which images it holds, used as part of the feature-cache key.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from util.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+IN_DATASETS = {"CIFAR-10": 10, "CIFAR-100": 100}
+CIFAR_OOD_SETS = ("SVHN", "LSUN", "LSUN_resize", "iSUN", "dtd", "places365")
+EXTRA_OOD_SETS = ("FashionMNIST", "gaussian", "uniform")
+NOISE_SIZE = 10_000
+NOISE_SEED = 0
+
+# Where each named OOD set lives under the data root, and where a user gets it.
+OOD_SOURCES = {
+    "SVHN": (
+        "ood_datasets/svhn/svhn_test_subset.npz",
+        "run `python select_svhn_data.py --data-root DATA_ROOT` (downloads the SVHN test set "
+        "from http://ufldl.stanford.edu/housenumbers/test_32x32.mat)",
+    ),
+    "LSUN": (
+        "ood_datasets/LSUN",
+        "https://www.dropbox.com/s/fhtsw1m3qxlwj6h/LSUN.tar.gz (ODIN's LSUN crop set)",
+    ),
+    "LSUN_resize": (
+        "ood_datasets/LSUN_resize",
+        "https://www.dropbox.com/s/moqh2wh8696c3yl/LSUN_resize.tar.gz",
+    ),
+    "iSUN": ("ood_datasets/iSUN", "https://www.dropbox.com/s/ssz7qxfqae0cca5/iSUN.tar.gz"),
+    "dtd": (
+        "ood_datasets/dtd/images",
+        "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz (extract to ood_datasets/dtd)",
+    ),
+    "places365": (
+        "ood_datasets/places365",
+        "the Places365 test images selected by the DICE/ReAct authors "
+        "(http://places2.csail.mit.edu/download.html)",
+    ),
+    "FashionMNIST": (
+        "ood_datasets/FashionMNIST/raw",
+        "t10k-images-idx3-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
+    ),
+}
+
+
+def id_transform(in_dataset: str) -> transforms.Compose:
+    """Resize(32), CenterCrop(32), ToTensor, Normalize(CIFAR mean, std)."""
+    return transforms.Compose(
+        [
+            transforms.Resize(32),
+            transforms.CenterCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+        ]
+    )
+
+
+def image_size(transform: transforms.Compose) -> int:
+    for t in transform.transforms:
+        if isinstance(t, transforms.CenterCrop):
+            return int(t.size[0])
+    raise ValueError("transform has no CenterCrop")
+
+
+def normalization(transform: transforms.Compose) -> transforms.Normalize:
+    for t in transform.transforms:
+        if isinstance(t, transforms.Normalize):
+            return t
+    raise ValueError("transform has no Normalize")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image and convert it to RGB (grayscale and palette images included)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+class ImageFiles(Dataset):
+    """A list of image files with labels; order as given."""
+
+    def __init__(self, root: Path, files: list[Path], labels: list[int], transform, classes=()):
+        self.root = Path(root)
+        self.files = files
+        self.labels = labels
+        self.transform = transform
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.transform(load_rgb(self.files[i])), self.labels[i]
+
+    def fingerprint(self) -> dict:
+        h = hashlib.sha256()
+        for f in self.files:
+            h.update(f"{f.relative_to(self.root).as_posix()}\t{f.stat().st_size}\n".encode())
+        return {
+            "kind": "image_files",
+            "root": str(self.root.resolve()),
+            "n": len(self.files),
+            "files_sha256": h.hexdigest(),
+        }
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """torchvision ``ImageFolder`` order: class folders sorted, files of each sorted (recursive).
+
+    Images directly under ``root`` come first with label -1 (a plain folder of images).
+    """
+    root = Path(root)
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir()]
+    files = [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
+    labels = [-1] * len(files)
+    for label, cls in enumerate(classes):
+        for dirpath, _, names in sorted(os.walk(root / cls, followlinks=True)):
+            for name in sorted(names):
+                if _is_image(name):
+                    files.append(Path(dirpath) / name)
+                    labels.append(label)
+    return files, labels, classes
+
+
+def image_folder(root: Path, transform) -> ImageFiles:
+    files, labels, classes = list_image_folder(root)
+    if not files:
+        raise UserError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)})")
+    return ImageFiles(root, files, labels, transform, classes)
+
+
+class ArrayImages(Dataset):
+    """Images held as a uint8 array (N, H, W, 3) or (N, H, W), with labels."""
+
+    def __init__(self, images: np.ndarray, labels, transform, source: dict):
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i]).convert("RGB")
+        return self.transform(img), int(self.labels[i])
+
+    def fingerprint(self) -> dict:
+        h = hashlib.sha256(np.ascontiguousarray(self.images).data)
+        h.update(self.labels.tobytes())
+        return {"kind": "array", **self.source, "n": len(self.images), "sha256": h.hexdigest()}
+
+
+class NoiseImages(Dataset):
+    """Synthetic OOD images made in the ID image size, then normalised like ID images.
+
+    gaussian: pixels clip(N(0.5, 1), 0, 1); uniform: pixels U(0, 1). Image i is drawn from a
+    generator seeded with ``seed + i``, so it does not depend on batching or workers.
+    """
+
+    def __init__(self, kind: str, n: int, size: int, normalize, seed: int = NOISE_SEED):
+        assert kind in ("gaussian", "uniform")
+        self.kind, self.n, self.size, self.seed = kind, n, size, seed
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed + i)
+        shape = (3, self.size, self.size)
+        if self.kind == "gaussian":
+            x = (torch.randn(shape, generator=g) + 0.5).clamp_(0, 1)
+        else:
+            x = torch.rand(shape, generator=g)
+        return self.normalize(x), -1
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "n": self.n, "size": self.size, "seed": self.seed}
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """Read an idx3-ubyte file (optionally .gz): uint8 array (N, rows, cols)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, n, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in range(0, 16, 4))
+    if magic != 2051 or len(data) != 16 + n * rows * cols:
+        raise UserError(f"{path} is not an idx3-ubyte image file (magic {magic}, {len(data)} bytes)")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def _find_fashion_mnist(root: Path) -> Path | None:
+    raw = root / OOD_SOURCES["FashionMNIST"][0]
+    for name in ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"):
+        if (raw / name).is_file():
+            return raw / name
+    return None
+
+
+def cifar_dataset(
+    in_dataset: str, split: str, data_root: str | os.PathLike, transform, download: bool = True
+) -> Dataset:
+    """CIFAR-10/100 ``split`` ('train' or 'test') from an image folder or torchvision's format.
+
+    Image-folder layout: ``{root}/{in_dataset}/{split}/<class>/*`` (classes sorted = labels).
+    torchvision layout: ``{root}/cifar-10-batches-py`` or ``{root}/cifar-100-python``, downloaded
+    when absent and ``download`` is true.
+    """
+    root = Path(data_root)
+    folder = root / in_dataset / split
+    if folder.is_dir():
+        ds = image_folder(folder, transform)
+        expected = IN_DATASETS[in_dataset]
+        if len(ds.classes) != expected:
+            raise UserError(f"{folder} has {len(ds.classes)} class folders; {in_dataset} needs {expected}")
+        return ds
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if in_dataset == "CIFAR-10" else datasets.CIFAR100
+    try:
+        tv = cls(str(root), train=(split == "train"), download=False)
+    except RuntimeError:
+        if not download:
+            tv = None
+        else:
+            try:
+                tv = cls(str(root), train=(split == "train"), download=True)
+            except Exception as exc:
+                raise UserError(
+                    f"{in_dataset} {split} set not found under {root}: expected {folder}/<class>/* "
+                    f"or torchvision's {cls.base_folder}, and downloading it failed "
+                    f"({type(exc).__name__}: {exc}). Download {cls.url} and extract it into "
+                    f"{root}, or pass --data-root."
+                ) from None
+    if tv is None:
+        raise UserError(f"{in_dataset} {split} set not found under {root}: expected {folder}/<class>/*")
+    return ArrayImages(
+        tv.data, tv.targets, transform, {"dataset": in_dataset, "split": split, "root": str(root.resolve())}
+    )
+
+
+def ood_dataset_path(name: str, data_root: str | os.PathLike) -> Path:
+    """Where a named OOD set is expected under the data root."""
+    return Path(data_root) / OOD_SOURCES[name][0]
+
+
+def ood_available(name: str, data_root: str | os.PathLike) -> bool:
+    if name in ("gaussian", "uniform"):
+        return True
+    if name == "FashionMNIST":
+        return _find_fashion_mnist(Path(data_root)) is not None
+    if name in OOD_SOURCES:
+        return ood_dataset_path(name, data_root).exists()
+    return Path(name).is_dir()
+
+
+def missing_ood_message(name: str, data_root: str | os.PathLike) -> str:
+    if name in OOD_SOURCES:
+        path, source = OOD_SOURCES[name]
+        return f"OOD set {name}: {Path(data_root) / path} not found; get it from {source}"
+    return (
+        f"OOD set {name!r}: not a known set name ({', '.join(CIFAR_OOD_SETS + EXTRA_OOD_SETS)}) "
+        "and not an existing directory"
+    )
+
+
+def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
+    """A named OOD set of DESIGN.md, or any directory read as an image folder (labels ignored)."""
+    root = Path(data_root)
+    if not ood_available(name, root):
+        raise UserError(missing_ood_message(name, root))
+    if name in ("gaussian", "uniform"):
+        return NoiseImages(name, NOISE_SIZE, image_size(transform), normalization(transform))
+    if name == "FashionMNIST":
+        path = _find_fashion_mnist(root)
+        images = read_idx_images(path)
+        return ArrayImages(
+            images,
+            np.full(len(images), -1),
+            transform,
+            {"dataset": "FashionMNIST", "file": str(path.resolve())},
+        )
+    if name == "SVHN":
+        path = ood_dataset_path(name, root)
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+        return ArrayImages(images, labels, transform, {"dataset": "SVHN", "file": str(path.resolve())})
+    path = ood_dataset_path(name, root) if name in OOD_SOURCES else Path(name)
+    return image_folder(path, transform)
+
+
+class FixedSubset(Dataset):
+    """The images of ``dataset`` at ``indices``, in that order."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = getattr(dataset, "transform", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[int(self.indices[i])]
+
+    def fingerprint(self) -> dict:
+        return {
+            "kind": "subset",
+            "of": self.dataset.fingerprint(),
+            "indices_sha256": hashlib.sha256(self.indices.tobytes()).hexdigest(),
+        }
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Labels of every image, without decoding any image."""
+    if isinstance(dataset, FixedSubset):
+        return dataset_labels(dataset.dataset)[dataset.indices]
+    if isinstance(dataset, (ImageFiles, ArrayImages)):
+        return np.asarray(dataset.labels, dtype=np.int64)
+    return np.full(len(dataset), -1, dtype=np.int64)
+
+
+def balanced_subset(dataset: Dataset, max_samples: int, num_classes: int) -> Dataset:
+    """A fixed, class-balanced subset: the first max_samples // C images of each class.
+
+    The remainder (max_samples % C) goes one image each to the lowest class labels.
+    """
+    if max_samples >= len(dataset):
+        return dataset
+    labels = dataset_labels(dataset)
+    per_class = np.full(num_classes, max_samples // num_classes)
+    per_class[: max_samples % num_classes] += 1
+    chosen = [np.flatnonzero(labels == c)[: per_class[c]] for c in range(num_classes)]
+    return FixedSubset(dataset, np.sort(np.concatenate(chosen)))
+
+
+def spread_subset(dataset: Dataset, n: int | None) -> Dataset:
+    """``n`` images spread evenly over ``dataset`` (all when n is None or larger), in order.
+
+    Image folders are sorted by class, so evenly spaced indices cover every class.
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    return FixedSubset(dataset, np.unique(np.linspace(0, len(dataset) - 1, n).round().astype(np.int64)))

@@ -1,0 +1,94 @@
+"""OOD metrics in the DICE/LINe convention: in-distribution (ID) is the positive class.
+
+Scores are "higher means more in-distribution".
+
+- FPR95: t = sort(id)[round(0.05 * n_id)]; FPR95 = mean(ood > t), the false-positive rate on OOD
+  data at the threshold that keeps (about) 95% of ID samples.
+- AUROC: area under the ROC curve with ID positive (= sklearn ``roc_auc_score``).
+- AUPR-In: average precision with ID positive; AUPR-Out: OOD positive on negated scores.
+
+OpenOOD and pytorch-ood take OOD as positive, so their "FPR95" is a different number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+METRIC_NAMES = ("FPR95", "AUROC", "AUPR_IN", "AUPR_OUT")
+
+
+def _as_scores(x, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError(f"{what} scores are empty: no image was scored")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(
+            f"{bad.sum()} of {x.size} {what} scores are NaN or infinite "
+            "(features or logits overflowed); the metrics are undefined"
+        )
+    return x
+
+
+def fpr_at_95_tpr(id_scores, ood_scores) -> float:
+    """Fraction of OOD scores above the ID threshold t = sorted(id)[round(0.05 * n_id)]."""
+    id_scores = np.sort(_as_scores(id_scores, "ID"))
+    ood_scores = _as_scores(ood_scores, "OOD")
+    threshold = id_scores[round(0.05 * id_scores.size)]
+    return float(np.mean(ood_scores > threshold))
+
+
+def _labels_and_scores(id_scores, ood_scores):
+    id_scores = _as_scores(id_scores, "ID")
+    ood_scores = _as_scores(ood_scores, "OOD")
+    labels = np.concatenate([np.ones(id_scores.size), np.zeros(ood_scores.size)])
+    return labels, np.concatenate([id_scores, ood_scores])
+
+
+def auroc(id_scores, ood_scores) -> float:
+    """Area under the ROC curve, ID positive. Ties count one half."""
+    labels, scores = _labels_and_scores(id_scores, ood_scores)
+    return float(roc_auc_score(labels, scores))
+
+
+def aupr_in(id_scores, ood_scores) -> float:
+    """Average precision with ID as the positive class."""
+    labels, scores = _labels_and_scores(id_scores, ood_scores)
+    return float(average_precision_score(labels, scores))
+
+
+def aupr_out(id_scores, ood_scores) -> float:
+    """Average precision with OOD as the positive class and negated scores."""
+    labels, scores = _labels_and_scores(id_scores, ood_scores)
+    return float(average_precision_score(1 - labels, -scores))
+
+
+def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
+    """All four metrics as fractions in [0, 1]."""
+    return {
+        "FPR95": fpr_at_95_tpr(id_scores, ood_scores),
+        "AUROC": auroc(id_scores, ood_scores),
+        "AUPR_IN": aupr_in(id_scores, ood_scores),
+        "AUPR_OUT": aupr_out(id_scores, ood_scores),
+    }
+
+
+def average_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Plain mean of each metric over the OOD sets."""
+    return {m: float(np.mean([r[m] for r in per_set.values()])) for m in METRIC_NAMES}
+
+
+def format_table(per_set: dict[str, dict[str, float]], title: str = "") -> str:
+    """Per-set and AVG rows of FPR95, AUROC, AUIN in percent with two decimals."""
+    width = max([len("AVG"), *(len(k) for k in per_set)]) + 2
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'OOD set':<{width}}{'FPR95':>9}{'AUROC':>9}{'AUIN':>9}")
+    rows = list(per_set.items()) + [("AVG", average_metrics(per_set))]
+    for name, r in rows:
+        lines.append(
+            f"{name:<{width}}{100 * r['FPR95']:>9.2f}{100 * r['AUROC']:>9.2f}{100 * r['AUPR_IN']:>9.2f}"
+        )
+    return "\n".join(lines)
