@@ -8,6 +8,7 @@ accumulated chunk by chunk. Writes atomically to --cache-dir:
 and a .json next to each naming what produced it.
 
 Example: python precompute.py --in-dataset CIFAR-10
+Several processes or machines (util/distributed.py): torchrun --nproc_per_node=N precompute.py ...
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 
 import numpy as np
 
+from models import input_normalization
+from util import distributed
 from util.cli import (
     add_common_args,
     code_version,
@@ -29,8 +32,9 @@ from util.cli import (
     run_cli,
 )
 from util.contributions import class_mean_contributions, mean_feature
-from util.data import balanced_subset, cifar_dataset, id_transform
-from util.features import FeatureExtractor
+from util.data import balanced_subset, id_dataset, id_transform
+from util.errors import UserError
+from util.features import CACHE_VERSION, FeatureExtractor
 from util.io import atomic_save_npy, atomic_write_json, sha256_file
 
 
@@ -54,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    args.device = distributed.setup(args.device)  # torchrun: join the process group
     start = time.time()
     cache_dir = ensure_writable_dir(args.cache_dir, "cache directory")
     model, model_key, checkpoint = load_classifier(args)
     C = num_classes(args.in_dataset)
-    train = cifar_dataset(args.in_dataset, "train", args.data_root, id_transform(args.in_dataset))
+    transform = id_transform(args.in_dataset, input_normalization(args.model_arch))
+    train = id_dataset(args.in_dataset, "train", args.data_root, transform)
     if args.max_samples:
         train = balanced_subset(train, args.max_samples, C)
     print(f"{args.in_dataset} training set: {len(train)} images; checkpoint {checkpoint}")
@@ -71,15 +77,27 @@ def main(argv=None) -> None:
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.no_progress,
+        precision=args.precision,
+        skip_bad_images=args.skip_bad_images,
     )
     tag = f"{args.in_dataset}_{args.name}_train"
     fs = extractor.extract(train, tag)
+    if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 goes on alone
+        return
     if fs.from_cache:
         print(f"training features loaded from cache {fs.path} (no forward pass)")
+    if fs.skipped:
+        print(f"images: {fs.requested} requested, {len(fs.skipped)} unreadable skipped, {len(fs)} used")
 
     fc = extractor.fc.cpu().float()
     contrib, counts = class_mean_contributions(fc, fs.features, fs.labels)
     mean = mean_feature(fs.features)
+    nonfinite = int(np.count_nonzero(~np.isfinite(contrib))) + int(np.count_nonzero(~np.isfinite(mean)))
+    if nonfinite:
+        raise UserError(
+            f"{nonfinite} NaN or infinite values in the statistics of {fs.path}: checkpoint "
+            f"{checkpoint} gives non-finite features or logits; nothing was written"
+        )
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         print(f"warning: classes {empty.tolist()} have no training image; their contributions are 0")
@@ -92,6 +110,9 @@ def main(argv=None) -> None:
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": model_key["checkpoint_sha256"],
         "num_images": int(len(fs)),
+        "num_images_requested": int(fs.requested),
+        "skipped_bad_images": fs.skipped,
+        "cache_version": CACHE_VERSION,
         "max_samples": args.max_samples,
         "images_per_class": counts.tolist(),
         "feature_cache": str(fs.path),

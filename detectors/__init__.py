@@ -6,9 +6,30 @@ fitted state (trailing underscore) from the classifier and ID training statistic
 higher meaning more in-distribution.
 """
 
+from .ash import ASH
 from .base import Detector, TrainStats, score_features
 from .dice import DICE
+from .gradnorm import GradNorm
+from .knn import KNN
 from .line import LINe
 from .logit import MSP, Energy, ReAct
+from .mahalanobis import Mahalanobis
+from .scale import SCALE
+from .vim import ViM
 
-__all__ = ["Detector", "TrainStats", "score_features", "MSP", "Energy", "ReAct", "DICE", "LINe"]
+__all__ = [
+    "Detector",
+    "TrainStats",
+    "score_features",
+    "MSP",
+    "Energy",
+    "ReAct",
+    "DICE",
+    "LINe",
+    "ASH",
+    "SCALE",
+    "Mahalanobis",
+    "KNN",
+    "ViM",
+    "GradNorm",
+]

@@ -46,20 +46,37 @@ class Detector:
         """Energy score: logsumexp over classes (temperature 1)."""
         return torch.logsumexp(logits, dim=1)
 
+    def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (B,), logits (B, C)) of a batch of features; distance-based detectors override it.
+
+        Default: ``score_logits(logits(h))``, so logit-based detectors only define those two.
+        """
+        z = self.logits(h)
+        return self.score_logits(z), z
+
     def settings(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
 
 
 def score_features(
-    detector: Detector, features: np.ndarray, chunk: int = 8192
+    detector: Detector, features: np.ndarray, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N,) float64 and predicted classes (N,) of ``features``, ``chunk`` rows at a time."""
+    """Scores (N,) float64 and predicted classes (N,) of ``features``, ``chunk`` rows at a time.
+
+    Default chunk: the detector's ``score_chunk`` attribute if it has one (LINe builds one
+    masked weight per predicted class and chunk, so it prefers large chunks), else 8192.
+    """
+    if chunk is None and hasattr(detector, "score_all"):  # whole-array path (LINe at many classes)
+        result = detector.score_all(features)
+        if result is not None:
+            return result
+    chunk = chunk or getattr(detector, "score_chunk", 8192)
     scores, preds = [], []
     with torch.inference_mode():
         for start in range(0, len(features), chunk):
             h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
-            z = detector.logits(h)
-            scores.append(detector.score_logits(z).double().numpy())
+            s, z = detector.score_batch(h)
+            scores.append(s.double().numpy())
             preds.append(z.argmax(dim=1).numpy())
     if not scores:
         return np.zeros(0), np.zeros(0, dtype=np.int64)

@@ -60,8 +60,14 @@ def download_published_checkpoint(in_dataset: str, name: str, dest: Path) -> Pat
     return dest
 
 
-def resolve_checkpoint(checkpoint: str | None, in_dataset: str, name: str) -> Path:
-    """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent."""
+def resolve_checkpoint(
+    checkpoint: str | None, in_dataset: str, name: str, model_arch: str | None = None
+) -> Path:
+    """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent.
+
+    ImageNet models without a checkpoint under the default path use the papers' pretrained
+    weights (``pretrained_imagenet_checkpoint``).
+    """
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
@@ -70,7 +76,56 @@ def resolve_checkpoint(checkpoint: str | None, in_dataset: str, name: str) -> Pa
     path = default_checkpoint_path(in_dataset, name)
     if path.is_file():
         return path
+    if in_dataset == "imagenet" and model_arch in IMAGENET_PRETRAINED:
+        return pretrained_imagenet_checkpoint(model_arch)
     return download_published_checkpoint(in_dataset, name, path)
+
+
+# ImageNet weights the papers used, found under checkpoints/imagenet/ (or torch's hub cache for
+# torchvision's file). ResNet-50: torchvision's ResNet50_Weights.IMAGENET1K_V1.
+BIT_S_R101X1_URL = "https://storage.googleapis.com/bit_models/BiT-S-R101x1.npz"
+IMAGENET_PRETRAINED = ("resnet50", "BiT-S-R101x1")
+
+
+def imagenet_weight_candidates(model_arch: str, root: str | os.PathLike = "checkpoints") -> tuple[list, str]:
+    """(paths searched in order, download URL) for the pretrained weights of ``model_arch``."""
+    if model_arch == "resnet50":
+        from torchvision.models import ResNet50_Weights
+
+        url = ResNet50_Weights.IMAGENET1K_V1.url
+        fname = url.rsplit("/", 1)[1]
+        return [Path(root) / "imagenet" / fname, Path(torch.hub.get_dir()) / "checkpoints" / fname], url
+    return [Path(root) / "imagenet" / "BiT-S-R101x1.npz"], BIT_S_R101X1_URL
+
+
+def pretrained_imagenet_checkpoint(model_arch: str, root: str | os.PathLike = "checkpoints") -> Path:
+    """The papers' ImageNet weights file; torchvision's ResNet-50 file is downloaded when reachable."""
+    candidates, url = imagenet_weight_candidates(model_arch, root)
+    for path in candidates:
+        if path.is_file():
+            return path
+    dest = candidates[0]
+    if model_arch != "resnet50":
+        raise UserError(
+            f"{model_arch} weights not found at {dest}. Download {url} (Google's BiT-S-R101x1, "
+            f"ImageNet-1k) to {dest}, or pass --checkpoint with that .npz or a fine-tuned .pth."
+        )
+    # torchvision names its files <name>-<first 8 hex digits of the sha256>.pth.
+    hash_prefix = dest.stem.rsplit("-", 1)[-1]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.download")  # torchrun: one per process
+    print(f"ResNet-50 ImageNet weights not found; downloading {url} to {dest}")
+    try:
+        torch.hub.download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=True)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"ResNet-50 ImageNet weights not found ({' or '.join(map(str, candidates))}) and downloading "
+            f"them failed ({type(exc).__name__}: {exc}).\nDownload {url} (torchvision's "
+            f"ResNet50_Weights.IMAGENET1K_V1) by hand and put it at {dest}, or pass --checkpoint PATH."
+        ) from None
+    os.replace(tmp, dest)
+    return dest
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -79,10 +134,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        globals_ = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported global" in ln]
+        if "Weights only load failed" in text and globals_:
+            # The file pickles Python objects whose loading would run code; name the first one.
+            what = globals_[0]
+            raise UserError(
+                f"refusing checkpoint {path}: it holds pickled Python objects that would run code "
+                f"when loaded ({what}). Checkpoints are read with torch.load(weights_only=True); "
+                "save a plain state_dict of tensors instead."
+            ) from None
+        detail = [ln.strip() for ln in text.splitlines() if ln.strip() and "Weights only" not in ln]
         raise UserError(
-            f"cannot load checkpoint {path}: not a PyTorch checkpoint that loads with "
-            f"weights_only=True ({first})"
+            f"cannot load checkpoint {path}: not a PyTorch checkpoint "
+            f"({type(exc).__name__}: {detail[0] if detail else 'no detail'})"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .exact_percentile import ColumnSorted
+
 
 def _as_float64(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -62,8 +64,11 @@ class RouteLINe(nn.Module):
         t_c = percentile(R_c, p_w) over all C*D entries.
     forward(h'): c^ = argmax(W h' + b); logits = (W * WP_{c^}) (h' * AP_{c^}) + b.
 
-    State is O(C*D): the AP masks, |Cm| and one threshold t_c per class. A class's weight mask is
-    built only for the samples predicted as that class; no (C, C, D) tensor exists.
+    State is O(C*D): the AP masks, |Cm|, one threshold t_c per class, and two integer (C, D)
+    arrays that describe every WP mask exactly (``models.exact_percentile``): the rank of each
+    weight within its column and, per class and column, how many entries of that column of R_c
+    are <= t_c. A class's weight mask is built only for the samples predicted as that class; no
+    (C, C, D) tensor exists. t_c equals numpy.percentile(R_c, p_w) bit for bit.
     """
 
     def __init__(self, fc: nn.Linear, contrib, p_w: float, p_a: float):
@@ -79,27 +84,64 @@ class RouteLINe(nn.Module):
             )
         ap_mask = contrib > np.percentile(contrib, self.p_a, axis=1, keepdims=True)
         abs_contrib = np.abs(contrib)
-        thresholds = np.array(
-            [np.percentile(abs_contrib[c][None, :] * weight64, self.p_w) for c in range(len(contrib))]
-        )
+        columns = ColumnSorted(weight64)
+        thresholds, cutoffs = columns.percentiles(abs_contrib, self.p_w)
         self.register_buffer("weight", fc.weight.detach().clone())
         self.register_buffer("bias", _bias_of(fc))
-        self.register_buffer("weight64", torch.from_numpy(weight64))
         self.register_buffer("abs_contrib", torch.from_numpy(abs_contrib))
         self.register_buffer("wp_threshold", torch.from_numpy(thresholds))
+        self.register_buffer("wp_rank", torch.from_numpy(columns.column_rank))
+        self.register_buffer("wp_cutoff", torch.from_numpy(cutoffs))
         self.register_buffer("ap_mask", torch.from_numpy(ap_mask))
 
     def weight_mask(self, c: int) -> torch.Tensor:
-        """WP mask of class c, shape (C, D): R_c > t_c."""
-        return (self.abs_contrib[c][None, :] * self.weight64) > self.wp_threshold[c]
+        """WP mask of class c, shape (C, D): R_c > t_c, i.e. column rank >= the class's cutoff."""
+        return self.wp_rank >= self.wp_cutoff[c]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        pred = F.linear(h, self.weight, self.bias).argmax(dim=1)
+        """Rows are sorted by predicted class; each class's masked weight is built once per call.
+
+        The AP mask is folded into the weight (column j of class c's weight is zeroed where
+        AP_c[j] is false), which multiplies the same products as masking h.
+        """
+        pred = self.predict(h)
+        order = torch.argsort(pred, stable=True)
+        classes, counts = torch.unique_consecutive(pred[order], return_counts=True)
         out = torch.empty(h.shape[0], self.weight.shape[0], dtype=h.dtype, device=h.device)
-        for c in torch.unique(pred).tolist():
-            rows = (pred == c).nonzero(as_tuple=True)[0]
-            weight = self.weight * self.weight_mask(c).to(self.weight.dtype)
-            out[rows] = F.linear(h[rows] * self.ap_mask[c].to(h.dtype), weight, self.bias)
+        rows_buf = h.new_empty(int(counts.max()) if len(counts) else 0, h.shape[1])
+        mask = torch.empty(self.weight.shape, dtype=torch.bool, device=self.weight.device)
+        weight = torch.empty_like(self.weight)
+        start = 0
+        for c, n in zip(classes.tolist(), counts.tolist()):
+            rows = order[start : start + n]
+            start += n
+            self.masked_weight(c, mask, weight)
+            x = torch.index_select(h, 0, rows, out=rows_buf[:n])
+            out.index_copy_(0, rows, F.linear(x, weight, self.bias))
+        return out
+
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        """c^ = argmax(W h' + b) with the full, unmasked weights."""
+        return F.linear(h, self.weight, self.bias).argmax(dim=1)
+
+    def masked_weight(self, c: int, mask: torch.Tensor | None = None, out: torch.Tensor | None = None):
+        """W * WP_c * AP_c[None, :] (C, D), written into the preallocated buffers when given.
+
+        A column dropped by AP gets cutoff C (no rank reaches it), so one comparison builds both
+        masks. numpy's kernels are used on CPU (faster than torch's for int16 broadcasting).
+        """
+        if mask is None:
+            mask = torch.empty(self.weight.shape, dtype=torch.bool, device=self.weight.device)
+        if out is None:
+            out = torch.empty_like(self.weight)
+        never = torch.full_like(self.wp_cutoff[c], self.weight.shape[0])
+        cutoff = torch.where(self.ap_mask[c], self.wp_cutoff[c], never)
+        if self.weight.device.type == "cpu":
+            np.greater_equal(self.wp_rank.numpy(), cutoff.numpy(), out=mask.numpy())
+            np.multiply(self.weight.numpy(), mask.numpy(), out=out.numpy())
+        else:
+            torch.ge(self.wp_rank, cutoff, out=mask)
+            torch.mul(self.weight, mask, out=out)
         return out
 
 

@@ -97,7 +97,7 @@ def test_line_round_trip_writes_results_and_scores_equal_to_the_reference(
     result_dir = work / "out" / "CIFAR-10" / "line" / "densenet"
     results = json.loads((result_dir / "results.json").read_text())
     assert set(results["ood"]) == {"dtd", plain}
-    assert set(results["average"]) == {"FPR95", "AUROC", "AUPR_IN", "AUPR_OUT"}
+    assert set(results["average"]) == {"FPR95", "AUROC", "AUPR_IN", "AUPR_OUT", "FPR95_OOD_POSITIVE"}
     assert results["settings"]["files"]["contributions"]["sha256"]
     in_scores = np.load(result_dir / "scores" / "in.npy")
     assert len(in_scores) == 50
@@ -143,3 +143,43 @@ def test_energy_scores_are_logsumexp_of_the_cached_logits(run, capsys):
     entry = next((work / "cache" / "features").glob("CIFAR-10_densenet_dtd-*"))
     logits = np.load(entry / "logits.npy").astype(np.float64)
     np.testing.assert_allclose(scores, np.log(np.exp(logits).sum(1)), rtol=1e-5)
+
+
+def test_sweep_scores_every_setting_from_the_cache_and_selects_on_the_validation_set(run, data_root, capsys):
+    import sweep
+
+    _, work, common = run
+    sweep.main(
+        [
+            *common,
+            "--out-datasets",
+            "dtd",
+            "--val-ood",
+            str(data_root / "plain"),
+            "--p-w",
+            "50",
+            "90",
+            "--p-a",
+            "10",
+            "90",
+            "--clip",
+            "1.0",
+            "inf",
+            "--base-dir",
+            str(work / "sweep"),
+        ]
+    )
+    out = capsys.readouterr().out
+    result = json.loads((work / "sweep" / "CIFAR-10" / "line_sweep" / "densenet" / "sweep.json").read_text())
+    assert len(result["rows"]) == 8
+    best = min(result["rows"], key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
+    assert result["selected"] == best
+    assert "selected" in out and "0 = no forward pass" in out
+
+
+def test_sweep_validation_split_is_seeded_and_disjoint():
+    from sweep import split_indices
+
+    val, test = split_indices(100, 0.2, seed=0)
+    assert len(val) == 20 and len(test) == 80 and not set(val) & set(test)
+    np.testing.assert_array_equal(val, split_indices(100, 0.2, seed=0)[0])

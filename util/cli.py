@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -51,11 +54,55 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 0")
+    return value
+
+
+def closest_name(text: str, valid) -> str | None:
+    """The valid name closest to ``text`` ignoring case, '-' and '_' (difflib), or None."""
+
+    def norm(name: str) -> str:
+        return name.lower().replace("-", "").replace("_", "")
+
+    by_norm = {norm(v): v for v in valid}
+    close = difflib.get_close_matches(norm(text), list(by_norm), n=1, cutoff=0.6)
+    return by_norm[close[0]] if close else None
+
+
+def name_arg(choices, what: str):
+    """argparse type: one of ``choices`` (a sequence or a function returning one), else an error
+    listing them and suggesting the closest (case-insensitive first, then difflib)."""
+
+    def parse(text: str) -> str:
+        valid = list(choices() if callable(choices) else choices)
+        if text in valid:
+            return text
+        close = closest_name(text, valid)
+        hint = f"; did you mean {close!r}?" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown {what} {text!r}: choose from {', '.join(valid)}{hint}")
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def _model_names():
+    from models import MODEL_NAMES
+
+    return MODEL_NAMES
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-dataset",
         default="CIFAR-10",
-        choices=sorted(IN_DATASETS),
+        type=name_arg(sorted(IN_DATASETS), "dataset"),
+        metavar="{" + ",".join(sorted(IN_DATASETS)) + "}",
         help="in-distribution dataset (default: CIFAR-10)",
     )
     parser.add_argument(
@@ -63,13 +110,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         default="densenet",
         help="network name: checkpoints/{in_dataset}/{name}/ and cache file names",
     )
-    parser.add_argument("--model-arch", default="densenet", help="architecture (default: densenet)")
+    parser.add_argument(
+        "--model-arch",
+        default="densenet",
+        type=name_arg(_model_names, "model"),
+        help="architecture (default: densenet)",
+    )
     parser.add_argument("--data-root", default="datasets", help="dataset root (default: ./datasets)")
     parser.add_argument(
         "--checkpoint",
         default=None,
         help="checkpoint file (default: checkpoints/{in_dataset}/{name}/"
-        "checkpoint_100.pth.tar, downloaded if absent and published)",
+        "checkpoint_100.pth.tar, downloaded if absent and published; ImageNet: torchvision's "
+        "resnet50 IMAGENET1K_V1 weights, checkpoints/imagenet/BiT-S-R101x1.npz for BiT)",
     )
     parser.add_argument(
         "--cache-dir", default="cache", help="where features and ID statistics are cached (default: ./cache)"
@@ -81,9 +134,24 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "-b", "--batch-size", default=256, type=positive_int, help="images per forward batch (default: 256)"
     )
     parser.add_argument(
-        "--workers", default=None, type=int, help="DataLoader worker processes (default: 1 on CPU, 4 on CUDA)"
+        "--workers",
+        default=None,
+        type=nonnegative_int,
+        help="DataLoader worker processes, 0 = load in the main process (default: 1 on CPU, 4 on CUDA)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip image files that cannot be read (counted in the output) instead of stopping",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="forward-pass precision: fp32 (default, exact), bf16 autocast (CPU/CUDA), "
+        "fp16 autocast (CUDA); reduced precision is cached separately",
+    )
 
 
 def num_classes(in_dataset: str) -> int:
@@ -95,7 +163,7 @@ def load_classifier(args):
     from models import get_model
     from models.checkpoints import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(args.checkpoint, args.in_dataset, args.name)
+    checkpoint = resolve_checkpoint(args.checkpoint, args.in_dataset, args.name, args.model_arch)
     model = get_model(args.model_arch, num_classes(args.in_dataset), checkpoint)
     model_key = {
         "arch": args.model_arch,
@@ -127,7 +195,64 @@ def load_feat_stat(path: Path, feature_dim: int) -> np.ndarray:
             f"{path} holds shape {stat.shape}; this model needs a mean feature of shape "
             f"({feature_dim},). It was made for another model: rerun precompute.py."
         )
+    _require_finite(stat, path)
     return stat
+
+
+def _require_finite(values: np.ndarray, path: Path) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise UserError(f"{path} holds {bad} NaN or infinite values of {values.size}; rerun precompute.py.")
+
+
+def check_provenance(path: Path, model_key: dict, in_dataset: str, flag: str | None = None) -> dict | None:
+    """Check the record ``{path}.json`` that precompute.py writes next to a statistics file.
+
+    The record names what produced the file (dataset, architecture, checkpoint sha256, cache
+    version) and the file's own sha256. Files without a record (made by the original LINe/DICE
+    code) are accepted; their shape is checked when loaded. A record that names another model,
+    or describes other file contents, is an error: these files cannot be recomputed here, so the
+    message says to rerun precompute.py (or, for a file given with ``flag``, names the mismatch).
+    Returns the record, or None.
+    """
+    from util.features import CACHE_VERSION
+
+    record_path = path.with_suffix(".json")
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {record_path} (record of {path}): {exc}; rerun precompute.py") from None
+    expected = {
+        "in_dataset": in_dataset,
+        "model_arch": model_key.get("arch"),
+        "checkpoint_sha256": model_key.get("checkpoint_sha256"),
+        "cache_version": CACHE_VERSION,
+        "sha256": sha256_file(path),
+    }
+    mismatches = [
+        f"{k}: file made with {record[k]!r}, now {v!r}"
+        for k, v in expected.items()
+        if k in record and record[k] != v
+    ]
+    if not mismatches:
+        return record
+    what = "\n  ".join(mismatches)
+    if "sha256" in record and record["sha256"] != expected["sha256"]:
+        advice = (
+            f"{path} was changed after precompute.py wrote it (or precompute.py was interrupted); "
+            f"rerun precompute.py, or delete {record_path} to use the file as it is"
+        )
+    elif flag:
+        advice = f"pass a {flag} file made for this checkpoint, or rerun precompute.py for it"
+    else:
+        advice = (
+            f"rerun `python precompute.py --in-dataset {in_dataset}` with this --checkpoint and "
+            f"--cache-dir {path.parent} to recompute it"
+        )
+    given = f" (given with {flag})" if flag else ""
+    raise UserError(f"{path}{given} does not match this run:\n  {what}\n{advice}")
 
 
 def load_contributions(path: Path, num_classes: int, feature_dim: int) -> np.ndarray:
@@ -141,6 +266,7 @@ def load_contributions(path: Path, num_classes: int, feature_dim: int) -> np.nda
             f"{path} holds shape {stored.shape}; this model needs (features, classes) = "
             f"({feature_dim}, {num_classes}). It was made for another model: rerun precompute.py."
         )
+    _require_finite(stored, path)
     return np.asarray(stored, dtype=np.float64).T
 
 
@@ -170,6 +296,12 @@ def run_cli(main) -> None:
     except KeyboardInterrupt:
         print("interrupted; partial results were not kept as complete", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}; free some space or pass another directory", file=sys.stderr)
+        sys.exit(2)
 
 
 def ensure_writable_dir(path, what: str) -> Path:

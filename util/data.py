@@ -6,6 +6,7 @@ description of exactly which images it holds, used as part of the feature-cache 
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import os
@@ -24,11 +25,21 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-IN_DATASETS = {"CIFAR-10": 10, "CIFAR-100": 100}
+IN_DATASETS = {"CIFAR-10": 10, "CIFAR-100": 100, "imagenet": 1000}
 CIFAR_OOD_SETS = ("SVHN", "LSUN", "LSUN_resize", "iSUN", "dtd", "places365")
+# ImageNet-1k OOD benchmark of MOS (Huang & Li, CVPR 2021), used by DICE and LINe.
+IMAGENET_OOD_SETS = ("inat", "sun", "places", "dtd")
+IMAGENET_FOLDER = "ILSVRC-2012"
+IMAGENET_SOURCE = (
+    "ILSVRC-2012 from https://image-net.org/download.php (train and val, each as <wnid>/*.JPEG "
+    "class folders; val images sorted into class folders, e.g. with the valprep.sh script)"
+)
+_MOS_URL = "http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset"
 EXTRA_OOD_SETS = ("FashionMNIST", "gaussian", "uniform")
 NOISE_SIZE = 10_000
 NOISE_SEED = 0
+# Label an ImageFiles dataset returns for an image file that cannot be read (see ImageFiles).
+BAD_IMAGE_LABEL = -2
 
 # Where each named OOD set lives under the data root, and where a user gets it.
 OOD_SOURCES = {
@@ -55,6 +66,9 @@ OOD_SOURCES = {
         "the Places365 test images selected by the DICE/ReAct authors "
         "(http://places2.csail.mit.edu/download.html)",
     ),
+    "inat": ("ood_datasets/iNaturalist", f"{_MOS_URL}/iNaturalist.tar.gz (10,000 images, MOS)"),
+    "sun": ("ood_datasets/SUN", f"{_MOS_URL}/SUN.tar.gz (10,000 images, MOS)"),
+    "places": ("ood_datasets/Places", f"{_MOS_URL}/Places.tar.gz (10,000 images, MOS)"),
     "FashionMNIST": (
         "ood_datasets/FashionMNIST/raw",
         "t10k-images-idx3-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
@@ -62,14 +76,23 @@ OOD_SOURCES = {
 }
 
 
-def id_transform(in_dataset: str) -> transforms.Compose:
-    """Resize(32), CenterCrop(32), ToTensor, Normalize(CIFAR mean, std)."""
+def id_transform(in_dataset: str, norm: tuple[tuple, tuple] | None = None) -> transforms.Compose:
+    """CIFAR: Resize(32), CenterCrop(32); ImageNet: Resize(256), CenterCrop(224); then ToTensor, Normalize.
+
+    Normalize uses ``norm`` = (mean, std) when the model asks for its own (BiT: 0.5, 0.5; see
+    ``models.input_normalization``), else the dataset's (CIFAR or ImageNet mean and std).
+    """
+    if in_dataset == "imagenet":
+        resize, crop, default = 256, 224, (IMAGENET_MEAN, IMAGENET_STD)
+    else:
+        resize, crop, default = 32, 32, (CIFAR_MEAN, CIFAR_STD)
+    mean, std = norm or default
     return transforms.Compose(
         [
-            transforms.Resize(32),
-            transforms.CenterCrop(32),
+            transforms.Resize(resize),
+            transforms.CenterCrop(crop),
             transforms.ToTensor(),
-            transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+            transforms.Normalize(mean, std),
         ]
     )
 
@@ -109,7 +132,16 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        return self.transform(load_rgb(self.files[i])), self.labels[i]
+        """(transformed image, label); an unreadable file gives a black image and BAD_IMAGE_LABEL.
+
+        Raising here would surface as a traceback from inside a DataLoader worker, so the file is
+        marked instead; the feature extractor names it (or skips it with --skip-bad-images).
+        """
+        try:
+            img = load_rgb(self.files[i])
+        except Exception:
+            return self.transform(Image.new("RGB", (32, 32))), BAD_IMAGE_LABEL
+        return self.transform(img), self.labels[i]
 
     def fingerprint(self) -> dict:
         h = hashlib.sha256()
@@ -121,6 +153,26 @@ class ImageFiles(Dataset):
             "n": len(self.files),
             "files_sha256": h.hexdigest(),
         }
+
+
+def image_path(dataset: Dataset, i: int) -> str:
+    """The file behind item ``i`` of ``dataset`` (through FixedSubset/Subset), or a description."""
+    if isinstance(dataset, FixedSubset):
+        return image_path(dataset.dataset, int(dataset.indices[i]))
+    if isinstance(dataset, torch.utils.data.Subset):
+        return image_path(dataset.dataset, int(dataset.indices[i]))
+    if isinstance(dataset, ImageFiles):
+        return str(dataset.files[i])
+    return f"item {i} of {type(dataset).__name__}"
+
+
+def why_unreadable(path: str) -> str:
+    """The error reading ``path`` gives (re-read in this process, for the message)."""
+    try:
+        load_rgb(path)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "it read fine when checked again"
 
 
 def _is_image(name: str) -> bool:
@@ -146,10 +198,11 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def image_folder(root: Path, transform) -> ImageFiles:
+def image_folder(root: Path, transform, hint: str = "") -> ImageFiles:
+    """``root`` read as an image folder; ``hint`` (what belongs there, where to get it) ends the error."""
     files, labels, classes = list_image_folder(root)
     if not files:
-        raise UserError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)})")
+        raise UserError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)}){hint}")
     return ImageFiles(root, files, labels, transform, classes)
 
 
@@ -233,9 +286,21 @@ def cifar_dataset(
     """
     root = Path(data_root)
     folder = root / in_dataset / split
+    expected = IN_DATASETS[in_dataset]
+    source = CIFAR_URLS[in_dataset]
+    if not root.is_dir():
+        raise UserError(
+            f"data root {root} does not exist (--data-root). It should hold {in_dataset}/{split}/<class>/* "
+            f"image folders ({expected} classes) or torchvision's CIFAR files; get {in_dataset} from "
+            f"{source}, or create {root} to let this script download it there."
+        )
     if folder.is_dir():
-        ds = image_folder(folder, transform)
-        expected = IN_DATASETS[in_dataset]
+        ds = image_folder(
+            folder,
+            transform,
+            f"; expected {folder}/<class>/* with {expected} class folders. Get {in_dataset} from "
+            f"{source}, or remove the empty folder to use (and download) torchvision's format.",
+        )
         if len(ds.classes) != expected:
             raise UserError(f"{folder} has {len(ds.classes)} class folders; {in_dataset} needs {expected}")
         return ds
@@ -264,6 +329,42 @@ def cifar_dataset(
     )
 
 
+def imagenet_dataset(split: str, data_root: str | os.PathLike, transform) -> Dataset:
+    """ImageNet-1k ``split`` ('train' or 'val') from ``{root}/ILSVRC-2012/{split}/<wnid>/*``.
+
+    Labels are the sorted wnid folders (torchvision's ImageFolder order), which is the order of
+    torchvision's and BiT's 1000-way heads, so all 1000 class folders must be there.
+    """
+    folder = Path(data_root) / IMAGENET_FOLDER / split
+    if not folder.is_dir():
+        raise UserError(f"ImageNet {split} set not found: {folder} does not exist. Get {IMAGENET_SOURCE}.")
+    ds = image_folder(folder, transform, f"; expected {folder}/<wnid>/*.JPEG. Get {IMAGENET_SOURCE}.")
+    if len(ds.classes) != IN_DATASETS["imagenet"]:
+        raise UserError(
+            f"{folder} has {len(ds.classes)} class folders; ImageNet-1k needs 1000 (<wnid> folders, "
+            "sorted names give the label order of the pretrained heads)"
+        )
+    return ds
+
+
+def id_dataset(in_dataset: str, split: str, data_root: str | os.PathLike, transform) -> Dataset:
+    """The ID ``split`` ('train' or 'test'; ImageNet's test split is its 'val' folder)."""
+    if in_dataset == "imagenet":
+        return imagenet_dataset("val" if split == "test" else split, data_root, transform)
+    return cifar_dataset(in_dataset, split, data_root, transform)
+
+
+def default_ood_sets(in_dataset: str) -> tuple[str, ...]:
+    """The OOD sets of the papers for ``in_dataset``."""
+    return IMAGENET_OOD_SETS if in_dataset == "imagenet" else CIFAR_OOD_SETS
+
+
+CIFAR_URLS = {
+    "CIFAR-10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "CIFAR-100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+}
+
+
 def ood_dataset_path(name: str, data_root: str | os.PathLike) -> Path:
     """Where a named OOD set is expected under the data root."""
     return Path(data_root) / OOD_SOURCES[name][0]
@@ -283,10 +384,11 @@ def missing_ood_message(name: str, data_root: str | os.PathLike) -> str:
     if name in OOD_SOURCES:
         path, source = OOD_SOURCES[name]
         return f"OOD set {name}: {Path(data_root) / path} not found; get it from {source}"
-    return (
-        f"OOD set {name!r}: not a known set name ({', '.join(CIFAR_OOD_SETS + EXTRA_OOD_SETS)}) "
-        "and not an existing directory"
-    )
+    known = CIFAR_OOD_SETS + IMAGENET_OOD_SETS[:3] + EXTRA_OOD_SETS
+    by_norm = {k.lower().replace("-", "").replace("_", ""): k for k in known}
+    close = difflib.get_close_matches(name.lower().replace("-", "").replace("_", ""), list(by_norm), n=1)
+    hint = f" Did you mean {by_norm[close[0]]!r}?" if close else ""
+    return f"OOD set {name!r}: not a known set name ({', '.join(known)}) and not an existing directory.{hint}"
 
 
 def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
@@ -310,8 +412,10 @@ def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
         with np.load(path) as f:
             images, labels = f["images"], f["labels"]
         return ArrayImages(images, labels, transform, {"dataset": "SVHN", "file": str(path.resolve())})
-    path = ood_dataset_path(name, root) if name in OOD_SOURCES else Path(name)
-    return image_folder(path, transform)
+    if name in OOD_SOURCES:
+        path, source = ood_dataset_path(name, root), OOD_SOURCES[name][1]
+        return image_folder(path, transform, f"; OOD set {name} belongs there, get it from {source}")
+    return image_folder(Path(name), transform)
 
 
 class FixedSubset(Dataset):

@@ -7,15 +7,21 @@ Scores are "higher means more in-distribution".
 - AUROC: area under the ROC curve with ID positive (= sklearn ``roc_auc_score``).
 - AUPR-In: average precision with ID positive; AUPR-Out: OOD positive on negated scores.
 
-OpenOOD and pytorch-ood take OOD as positive, so their "FPR95" is a different number.
+OpenOOD and pytorch-ood take OOD as positive, so their "FPR95" is a different number; it is
+reported too, as FPR95_OOD_POSITIVE (``fpr_at_95_tpr_ood_positive``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 METRIC_NAMES = ("FPR95", "AUROC", "AUPR_IN", "AUPR_OUT")
+# --fpr-convention: the metric key printed as FPR95 and how the table header names it.
+FPR_CONVENTIONS = {
+    "id": ("FPR95", "FPR95 at 95% TPR with ID as positive (DICE/LINe convention)"),
+    "ood": ("FPR95_OOD_POSITIVE", "FPR95 at 95% TPR with OOD as positive (OpenOOD/pytorch-ood convention)"),
+}
 
 
 def _as_scores(x, what: str) -> np.ndarray:
@@ -37,6 +43,21 @@ def fpr_at_95_tpr(id_scores, ood_scores) -> float:
     ood_scores = _as_scores(ood_scores, "OOD")
     threshold = id_scores[round(0.05 * id_scores.size)]
     return float(np.mean(ood_scores > threshold))
+
+
+def fpr_at_95_tpr_ood_positive(id_scores, ood_scores) -> float:
+    """FPR95 with OOD as the positive class, exactly as OpenOOD computes it.
+
+    OOD is flagged when -score >= t. ``sklearn.metrics.roc_curve(is_ood, -scores)`` lists t from
+    high to low; take the first ROC point whose TPR (fraction of OOD samples flagged) is >= 0.95
+    and return its FPR: the fraction of ID samples flagged as OOD at that threshold. With untied
+    scores this is the fraction of ID samples whose score is <= the smallest score s such that
+    at least 95% of OOD scores are <= s. (roc_curve drops collinear intermediate points, as in
+    OpenOOD; with tied scores that can move the value to the next kept point.)
+    """
+    labels, scores = _labels_and_scores(id_scores, ood_scores)
+    fpr, tpr, _ = roc_curve(1 - labels, -scores)
+    return float(fpr[np.argmax(tpr >= 0.95)])
 
 
 def _labels_and_scores(id_scores, ood_scores):
@@ -64,23 +85,29 @@ def aupr_out(id_scores, ood_scores) -> float:
     return float(average_precision_score(1 - labels, -scores))
 
 
-def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
-    """All four metrics as fractions in [0, 1]."""
-    return {
+def ood_metrics(id_scores, ood_scores, with_ood_positive: bool = False) -> dict[str, float]:
+    """The four metrics as fractions in [0, 1]; with ``with_ood_positive`` also
+    FPR95_OOD_POSITIVE (OpenOOD's FPR95, ``fpr_at_95_tpr_ood_positive``)."""
+    metrics = {
         "FPR95": fpr_at_95_tpr(id_scores, ood_scores),
         "AUROC": auroc(id_scores, ood_scores),
         "AUPR_IN": aupr_in(id_scores, ood_scores),
         "AUPR_OUT": aupr_out(id_scores, ood_scores),
     }
+    if with_ood_positive:
+        metrics["FPR95_OOD_POSITIVE"] = fpr_at_95_tpr_ood_positive(id_scores, ood_scores)
+    return metrics
 
 
 def average_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Plain mean of each metric over the OOD sets."""
-    return {m: float(np.mean([r[m] for r in per_set.values()])) for m in METRIC_NAMES}
+    """Plain mean over the OOD sets of each metric that every set has."""
+    rows = list(per_set.values())
+    names = [m for m in rows[0] if all(m in r for r in rows)] if rows else list(METRIC_NAMES)
+    return {m: float(np.mean([r[m] for r in rows])) for m in names}
 
 
-def format_table(per_set: dict[str, dict[str, float]], title: str = "") -> str:
-    """Per-set and AVG rows of FPR95, AUROC, AUIN in percent with two decimals."""
+def format_table(per_set: dict[str, dict[str, float]], title: str = "", fpr_key: str = "FPR95") -> str:
+    """Per-set and AVG rows of FPR95 (``fpr_key``), AUROC, AUIN in percent with two decimals."""
     width = max([len("AVG"), *(len(k) for k in per_set)]) + 2
     lines = []
     if title:
@@ -89,6 +116,6 @@ def format_table(per_set: dict[str, dict[str, float]], title: str = "") -> str:
     rows = list(per_set.items()) + [("AVG", average_metrics(per_set))]
     for name, r in rows:
         lines.append(
-            f"{name:<{width}}{100 * r['FPR95']:>9.2f}{100 * r['AUROC']:>9.2f}{100 * r['AUPR_IN']:>9.2f}"
+            f"{name:<{width}}{100 * r[fpr_key]:>9.2f}{100 * r['AUROC']:>9.2f}{100 * r['AUPR_IN']:>9.2f}"
         )
     return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""LINe at ImageNet scale: C = 1,000 classes, D = 2,048 features, 50,000 samples, p_w = p_a = 10.
+
+Compares this repository's RouteLINe (O(C*D) state: per-class thresholds and integer column
+ranks, each class's mask built only for the samples predicted as that class) with a
+straightforward implementation that builds the (C, C, D) tensor of masked weights (8 GB in
+float32) and scores one sample at a time. Each runs in its own subprocess so that peak memory
+(ru_maxrss) is its own. The straightforward version scores only --naive-samples samples (it is
+slow) and its scores are checked against ours on those samples.
+
+Usage: python benchmarks/bench_line_imagenet.py [--samples 50000] [--naive-samples 2000] [--skip-naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+C, D = 1000, 2048
+P_W, P_A, TAU = 10.0, 10.0, 0.8
+
+
+def make_problem(n: int, seed: int = 0):
+    """Random head (W, b), class-mean contributions and n non-negative features, float32."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(0, 0.02, (C, D)).astype(np.float32)
+    b = rng.normal(0, 0.01, C).astype(np.float32)
+
+    def relu_normal(rows: int) -> np.ndarray:  # float32 throughout: no float64 copy of the set
+        x = rng.standard_normal((rows, D), dtype=np.float32)
+        x *= 0.5
+        x += 0.3
+        return np.maximum(x, 0, out=x)
+
+    # Contributions as precompute.py makes them: class means of h * W[y] over 20 images a class.
+    contrib = np.zeros((C, D))
+    for c in range(C):
+        contrib[c] = (relu_normal(20) * W[c]).mean(axis=0, dtype=np.float64)
+    features = np.empty((n, D), dtype=np.float32)
+    for start in range(0, n, 4096):
+        features[start : start + 4096] = relu_normal(min(4096, n - start))
+    return W, b, contrib, features
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def run_ours(n: int) -> dict:
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from detectors import LINe, TrainStats, score_features
+
+    W, b, contrib, features = make_problem(n)
+    fc = torch.nn.Linear(D, C)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(W))
+        fc.bias.copy_(torch.from_numpy(b))
+    base = peak_rss_gb()
+    t0, c0 = time.perf_counter(), time.process_time()
+    det = LINe(p_w=P_W, p_a=P_A, clip_threshold=TAU).fit(fc, TrainStats(contributions=lambda: contrib))
+    setup, setup_cpu = time.perf_counter() - t0, time.process_time() - c0
+    state = sum(t.numel() * t.element_size() for t in det.route_.buffers()) / 2**20
+    t0, c0 = time.perf_counter(), time.process_time()
+    scores, _ = score_features(det, features)
+    scoring, scoring_cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "setup_s": setup,
+        "scoring_s": scoring,
+        "setup_cpu_s": setup_cpu,
+        "scoring_cpu_s": scoring_cpu,
+        "samples": n,
+        "samples_per_s": n / scoring,
+        "peak_rss_gb": peak_rss_gb(),
+        "rss_before_setup_gb": base,
+        "state_mb": state,
+        "scores_head": scores[:2000].tolist(),
+    }
+
+
+def run_naive(n: int, n_score: int) -> dict:
+    W, b, contrib, features = make_problem(n)
+    W64 = W.astype(np.float64)
+    base = peak_rss_gb()
+    t0, c0 = time.perf_counter(), time.process_time()
+    ap = contrib > np.percentile(contrib, P_A, axis=1, keepdims=True)
+    masked = np.empty((C, C, D), dtype=np.float32)  # masked[c] = W * WP_c
+    for c in range(C):
+        R = np.abs(contrib[c])[None, :] * W64
+        masked[c] = W * (R > np.percentile(R, P_W))
+    setup, setup_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    scores = np.empty(n_score)
+    for i in range(n_score):
+        h = np.minimum(features[i], TAU)
+        c = int(np.argmax(W @ h + b))
+        z = masked[c] @ (h * ap[c]) + b
+        m = z.max()
+        scores[i] = m + np.log(np.exp(z - m).sum())
+    scoring, scoring_cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "setup_s": setup,
+        "scoring_s": scoring,
+        "setup_cpu_s": setup_cpu,
+        "scoring_cpu_s": scoring_cpu,
+        "samples": n_score,
+        "samples_per_s": n_score / scoring,
+        "peak_rss_gb": peak_rss_gb(),
+        "rss_before_setup_gb": base,
+        "state_mb": masked.nbytes / 2**20,
+        "scores_head": scores.tolist(),
+    }
+
+
+def available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+def child(mode: str, n: int, n_score: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--samples", str(n), "--naive-samples", str(n_score)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, r: dict) -> None:
+    print(
+        f"{name:<16} setup {r['setup_s']:7.2f} s | scoring {r['samples']} samples in "
+        f"{r['scoring_s']:7.2f} s = {r['samples_per_s']:9.0f} samples/s | peak RSS "
+        f"{r['peak_rss_gb']:.2f} GB (before setup {r['rss_before_setup_gb']:.2f} GB) | "
+        f"masking state {r['state_mb']:.0f} MB\n{'':<16} process CPU time: setup {r['setup_cpu_s']:.2f} s, "
+        f"scoring {r['scoring_cpu_s']:.2f} s (wall times above depend on the machine's load)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=50_000)
+    parser.add_argument("--naive-samples", type=int, default=2000)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--child", choices=["ours", "naive"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "ours":
+        print(json.dumps(run_ours(args.samples)))
+        return
+    if args.child == "naive":
+        print(json.dumps(run_naive(args.samples, min(args.naive_samples, args.samples))))
+        return
+
+    print(f"LINe, C = {C}, D = {D}, p_w = {P_W:g}, p_a = {P_A:g}, tau = {TAU:g}; {args.samples} samples")
+    ours = child("ours", args.samples, args.naive_samples)
+    report("RouteLINe", ours)
+    if args.skip_naive:
+        return
+    need = C * C * D * 4 / 2**30 + 2
+    if available_gb() < need:
+        print(
+            f"straightforward version skipped: needs about {need:.0f} GB, {available_gb():.1f} GB available"
+        )
+        return
+    naive = child("naive", args.samples, args.naive_samples)
+    report("(C, C, D) loop", naive)
+    k = naive["samples"]
+    diff = np.max(np.abs(np.array(ours["scores_head"][:k]) - np.array(naive["scores_head"][:k])))
+    print(f"max |score difference| on the first {k} samples: {diff:.2e}")
+    print(
+        f"speed-up: setup {naive['setup_s'] / ours['setup_s']:.1f}x, "
+        f"scoring {ours['samples_per_s'] / naive['samples_per_s']:.1f}x; "
+        f"peak memory {naive['peak_rss_gb'] / ours['peak_rss_gb']:.1f}x smaller"
+    )
+
+
+if __name__ == "__main__":
+    main()

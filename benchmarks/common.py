@@ -1,0 +1,51 @@
+"""Shared setup for the benchmarks: the DenseNet-101 checkpoint and CIFAR-10 images of ../shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHARED = Path(os.environ.get("LINE_SHARED_DIR", REPO.parent / "shared"))
+DATA_ROOT = SHARED / "data"
+CHECKPOINT = SHARED / "checkpoints" / "CIFAR-10" / "densenet" / "checkpoint_100.pth.tar"
+
+
+def cifar10_test_images(n: int):
+    """``n`` CIFAR-10 test images (JPEG files) spread over all classes, as a cacheable dataset."""
+    from util.data import cifar_dataset, id_transform, spread_subset
+
+    return spread_subset(cifar_dataset("CIFAR-10", "test", DATA_ROOT, id_transform("CIFAR-10")), n)
+
+
+def densenet():
+    from models import get_model
+
+    return get_model("densenet", 10, CHECKPOINT)
+
+
+def preload(dataset):
+    """All images of ``dataset`` decoded and transformed into one (N, 3, 32, 32) tensor."""
+    import torch
+
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def timed(fn, *args, repeat: int = 1):
+    """(result, best wall time in seconds over ``repeat`` runs)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def report(rows: list[tuple[str, float]], unit: str = "images/s") -> None:
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"  {name:<{width}}{value:10.1f} {unit}")

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# ImageNet-1k: the papers' commands. ResNet-50: LINe (p_w = p_a = 10, tau = 0.8), DICE (p = 70),
+# Energy; BiT-S-R101x1: DICE (p = 70). OOD sets: iNaturalist, SUN, Places, Textures.
+#
+# Usage: bash demo-imagenet.sh [extra flags for every command, e.g. -b 128 --workers 8]
+# Environment: DATA_ROOT (default ./datasets), NPROC (processes per machine, default 1; > 1 runs
+# each command under torchrun), SKIP_BIT=1 (ResNet-50 only).
+# Every folder and file is checked first; the script stops at once, listing what is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+DATA_ROOT="${DATA_ROOT:-datasets}"
+NPROC="${NPROC:-1}"
+MOS="http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset"
+RESNET_URL="https://download.pytorch.org/models/resnet50-0676ba61.pth"
+RESNET_FILE="checkpoints/imagenet/resnet50-0676ba61.pth"
+HUB_FILE="${TORCH_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/torch}/hub/checkpoints/resnet50-0676ba61.pth"
+BIT_URL="https://storage.googleapis.com/bit_models/BiT-S-R101x1.npz"
+BIT_FILE="checkpoints/imagenet/BiT-S-R101x1.npz"
+
+missing=()
+need_dir() {  # folder, where to get it
+    [ -d "$1" ] && [ -n "$(ls -A "$1" 2>/dev/null)" ] || missing+=("  $1/"$'\n'"      get: $2")
+}
+need_dir "$DATA_ROOT/ILSVRC-2012/train" "ILSVRC-2012 training images from https://image-net.org/download.php, as <wnid>/*.JPEG (1000 class folders)"
+need_dir "$DATA_ROOT/ILSVRC-2012/val" "ILSVRC-2012 validation images, sorted into the same 1000 <wnid>/ folders (e.g. with valprep.sh)"
+need_dir "$DATA_ROOT/ood_datasets/iNaturalist" "$MOS/iNaturalist.tar.gz (extract into $DATA_ROOT/ood_datasets/)"
+need_dir "$DATA_ROOT/ood_datasets/SUN" "$MOS/SUN.tar.gz (extract into $DATA_ROOT/ood_datasets/)"
+need_dir "$DATA_ROOT/ood_datasets/Places" "$MOS/Places.tar.gz (extract into $DATA_ROOT/ood_datasets/)"
+need_dir "$DATA_ROOT/ood_datasets/dtd/images" "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz (extract into $DATA_ROOT/ood_datasets/)"
+if [ "${SKIP_BIT:-0}" != 1 ] && [ ! -f "$BIT_FILE" ]; then
+    missing+=("  $BIT_FILE"$'\n'"      get: $BIT_URL (Google's BiT-S-R101x1 ImageNet weights; or set SKIP_BIT=1)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "demo-imagenet.sh: ${#missing[@]} required folder(s)/file(s) missing (DATA_ROOT=$DATA_ROOT):" >&2
+    printf '%s\n' "${missing[@]}" >&2
+    exit 2
+fi
+if [ ! -f "$RESNET_FILE" ] && [ ! -f "$HUB_FILE" ]; then
+    echo "ResNet-50 weights ($RESNET_FILE) absent: they are downloaded from $RESNET_URL on first use"
+    echo "(without network: download that file and put it at $RESNET_FILE)."
+fi
+
+source ./setup_env.sh
+if [ "$NPROC" -gt 1 ]; then
+    RUN=(torchrun --standalone --nproc_per_node="$NPROC")
+else
+    RUN=(python)
+fi
+R50=(--in-dataset imagenet --name imagenet --model-arch resnet50 --data-root "$DATA_ROOT")
+BIT=(--in-dataset imagenet --name BiT-S-R101x1 --model-arch BiT-S-R101x1 --checkpoint "$BIT_FILE" --data-root "$DATA_ROOT")
+set -x
+# ResNet-50: class contributions (LINe) and mean feature (DICE) from one pass over the training set.
+"${RUN[@]}" precompute.py "${R50[@]}" "$@"
+"${RUN[@]}" ood_eval.py "${R50[@]}" --p-w 10 --p-a 10 --method taylor --clip_threshold 0.8 "$@"  # LINe
+"${RUN[@]}" ood_eval.py "${R50[@]}" --p 70 "$@"                                                    # DICE
+"${RUN[@]}" ood_eval.py "${R50[@]}" "$@"                                                           # Energy
+if [ "${SKIP_BIT:-0}" != 1 ]; then
+    "${RUN[@]}" precompute.py "${BIT[@]}" "$@"
+    "${RUN[@]}" ood_eval.py "${BIT[@]}" --p 70 "$@"                                                # DICE
+fi

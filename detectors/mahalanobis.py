@@ -1,0 +1,60 @@
+"""Mahalanobis distance on penultimate features (Lee, Lee, Lee & Shin, "A Simple Unified Framework
+for Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018).
+
+From the ID training features h_i with labels y_i: class means mu_c and one tied covariance
+Sigma = (1/N) sum_i (h_i - mu_{y_i}) (h_i - mu_{y_i})^T (maximum likelihood, as sklearn's
+EmpiricalCovariance). Score = -min_c (h - mu_c)^T Sigma^+ (h - mu_c) with Sigma^+ the
+pseudo-inverse. Penultimate layer only: no input preprocessing and no feature ensemble (the
+paper's full method adds both, which need the network). Predictions (ID accuracy) are the
+classifier's own argmax of W h + b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Detector, TrainStats
+
+
+def class_means_and_tied_precision(features, labels, num_classes: int, chunk: int = 8192):
+    """(means (C, D), precision (D, D)) in float64, accumulated ``chunk`` rows at a time."""
+    labels = np.asarray(labels, dtype=np.int64)
+    d = features.shape[1]
+    sums = np.zeros((num_classes, d))
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if counts.size != num_classes or np.any(counts == 0):
+        raise ValueError(f"Mahalanobis needs training features of all {num_classes} classes")
+    for start in range(0, len(labels), chunk):
+        np.add.at(
+            sums, labels[start : start + chunk], np.asarray(features[start : start + chunk], np.float64)
+        )
+    means = sums / counts[:, None]
+    scatter = np.zeros((d, d))
+    for start in range(0, len(labels), chunk):
+        centred = (
+            np.asarray(features[start : start + chunk], np.float64) - means[labels[start : start + chunk]]
+        )
+        scatter += centred.T @ centred
+    return means, np.linalg.pinv(scatter / len(labels), hermitian=True)
+
+
+class Mahalanobis(Detector):
+    name = "mahalanobis"
+
+    def fit(self, fc, stats: TrainStats | None = None) -> Mahalanobis:
+        super().fit(fc, stats)
+        features = stats.get("train_features")
+        labels = stats.get("train_labels")
+        means, precision = class_means_and_tied_precision(features, labels, self.fc_.out_features)
+        self.means_ = torch.from_numpy(means)
+        self.precision_ = torch.from_numpy(precision)
+        return self
+
+    def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-min_c d_c with d_c = h'P h - 2 mu_c'P h + mu_c'P mu_c (float64)."""
+        x = h.double()
+        xp = x @ self.precision_
+        mp = self.means_ @ self.precision_
+        dist = (xp * x).sum(1, keepdim=True) - 2 * xp @ self.means_.T + (mp * self.means_).sum(1)[None, :]
+        return -dist.min(dim=1).values, self.logits(h)

@@ -1,0 +1,98 @@
+"""ImageNet data layout (small generated folders), model-driven normalisation, demo-imagenet.sh checks."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ood_eval
+from detectors import TrainStats
+from util.data import id_dataset, id_transform, missing_ood_message, ood_dataset
+from util.errors import UserError
+from util.features import FeatureExtractor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write_images(folder: Path, n: int, rng, size=(20, 14)) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"img_{i}.JPEG")
+
+
+@pytest.fixture(scope="module")
+def imagenet_root(tmp_path_factory) -> Path:
+    """ILSVRC-2012/{train,val}/<wnid>/ with 1000 classes (1 tiny image each) and the 4 OOD folders."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    wnids = [f"n{10_000_000 - 7 * i:08d}" for i in range(1000)]  # not created in sorted order
+    for split in ("train", "val"):
+        for w in wnids:
+            _write_images(root / "ILSVRC-2012" / split / w, 1, rng, size=(8, 8))
+    for folder in ("iNaturalist/images", "SUN/images", "Places/images", "dtd/images/banded"):
+        _write_images(root / "ood_datasets" / folder, 3, rng)
+    return root
+
+
+def test_imagenet_splits_use_sorted_wnid_folders_as_labels(imagenet_root):
+    val = id_dataset("imagenet", "test", imagenet_root, id_transform("imagenet"))  # test = val folder
+    assert val.root == imagenet_root / "ILSVRC-2012" / "val"
+    assert len(val) == 1000 and val.classes == sorted(val.classes)
+    assert val.labels == list(range(1000))
+    x, y = val[5]
+    assert x.shape == (3, 224, 224) and y == 5
+
+
+def test_imagenet_needs_all_1000_class_folders(tmp_path):
+    _write_images(tmp_path / "ILSVRC-2012" / "train" / "n01440764", 2, np.random.default_rng(0))
+    with pytest.raises(UserError, match="1 class folders; ImageNet-1k needs 1000"):
+        id_dataset("imagenet", "train", tmp_path, id_transform("imagenet"))
+    with pytest.raises(UserError, match="ILSVRC-2012/val does not exist"):
+        id_dataset("imagenet", "test", tmp_path, id_transform("imagenet"))
+
+
+def test_imagenet_ood_set_names_map_to_the_mos_folders(imagenet_root):
+    t = id_transform("imagenet")
+    for name in ("inat", "sun", "places", "dtd"):
+        ds = ood_dataset(name, imagenet_root, t)
+        assert len(ds) == 3 and ds[0][0].shape == (3, 224, 224)
+    msg = missing_ood_message("inat", imagenet_root / "nowhere")
+    assert "ood_datasets/iNaturalist" in msg and "iNaturalist.tar.gz" in msg
+
+
+def test_bit_normalisation_changes_the_transform_and_the_feature_cache_key(imagenet_root, tmp_path):
+    from models import get_model, input_normalization
+
+    std = id_transform("imagenet")
+    bit = id_transform("imagenet", input_normalization("BiT-S-R101x1"))
+    assert bit.transforms[-1].mean == (0.5, 0.5, 0.5) and std.transforms[-1].std[0] == 0.229
+    ex = FeatureExtractor(get_model("resnet50", 1000), {"arch": "x"}, tmp_path, device="cpu")
+    keys = {ex.entry_path(ood_dataset("sun", imagenet_root, t), "sun").name for t in (std, bit)}
+    assert len(keys) == 2
+
+
+def test_ood_eval_uses_the_imagenet_paper_settings():
+    parser = ood_eval.build_parser()
+    line_args = parser.parse_args(
+        ["--in-dataset", "imagenet", "--model-arch", "resnet50", "--method", "taylor"]
+    )
+    _, line = ood_eval.resolve_detector(line_args, TrainStats())
+    assert (line.p_w, line.p_a, line.clip_threshold) == (10.0, 10.0, 0.8)
+    dice_args = parser.parse_args(["--in-dataset", "imagenet", "--method", "dice"])
+    _, dice = ood_eval.resolve_detector(dice_args, TrainStats())
+    assert dice.p == 70.0
+
+
+def test_demo_imagenet_without_data_stops_at_once_listing_every_missing_folder(tmp_path):
+    env = {**os.environ, "DATA_ROOT": str(tmp_path / "no-data")}
+    res = subprocess.run(
+        ["bash", str(REPO / "demo-imagenet.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2
+    for folder in ("ILSVRC-2012/train", "ILSVRC-2012/val", "iNaturalist", "SUN", "Places", "dtd/images"):
+        assert f"{tmp_path}/no-data/" in res.stderr and folder in res.stderr
+    assert "image-net.org" in res.stderr and "iNaturalist.tar.gz" in res.stderr
+    assert "setting up .venv" not in res.stderr  # stopped before any setup or Python work

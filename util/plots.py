@@ -1,0 +1,141 @@
+"""PNG figures of OOD scores (matplotlib, non-interactive Agg backend).
+
+- ``plot_score_histograms``: ID vs OOD score histograms of one OOD set, with the ID-positive
+  FPR95 threshold (the 5th-percentile ID score, DESIGN.md) marked; scores beyond the 0.2 / 99.8
+  percentiles of both sets are counted in the edge bins.
+- ``plot_roc``: ROC curve of one OOD set, ID positive (TPR = fraction of ID kept, FPR = fraction
+  of OOD accepted), with the 95% TPR operating point marked.
+- ``plot_sweep_heatmap``: average FPR95 over a (p_w, p_a) grid of a LINe sweep.
+- ``plot_results``: the histogram and ROC of every OOD set of one result, into a folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from util.metrics import auroc, fpr_at_95_tpr  # noqa: E402
+
+
+def _save(fig, out_path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def plot_score_histograms(id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD") -> Path:
+    """Overlaid density histograms of ID and OOD scores on shared bins."""
+    id_scores, ood_scores = np.asarray(id_scores, float), np.asarray(ood_scores, float)
+    both = np.r_[id_scores, ood_scores]
+    lo, hi = np.percentile(both, [0.2, 99.8])
+    if not hi > lo:
+        lo, hi = both.min() - 0.5, both.max() + 0.5
+    bins = np.linspace(lo, hi, 60)
+    threshold = np.sort(id_scores)[round(0.05 * id_scores.size)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(
+        np.clip(id_scores, lo, hi), bins=bins, density=True, alpha=0.55, label=f"ID test (n={id_scores.size})"
+    )
+    ax.hist(
+        np.clip(ood_scores, lo, hi),
+        bins=bins,
+        density=True,
+        alpha=0.55,
+        label=f"{ood_name} (n={ood_scores.size})",
+    )
+    ax.axvline(threshold, color="k", ls="--", lw=1, label="95% TPR threshold (ID positive)")
+    ax.set_xlabel("score (higher = more in-distribution); the edge bins hold the tails")
+    ax.set_ylabel("density")
+    fpr = fpr_at_95_tpr(id_scores, ood_scores)
+    ax.set_title(f"{title}\nscore histograms, ID vs {ood_name}: FPR95 {100 * fpr:.2f}%", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, out_path)
+
+
+def plot_roc(id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD") -> Path:
+    """ROC curve with ID as positive; the point at 95% TPR is marked."""
+    id_scores, ood_scores = np.asarray(id_scores, float), np.asarray(ood_scores, float)
+    labels = np.r_[np.ones(id_scores.size), np.zeros(ood_scores.size)]
+    fpr, tpr, _ = roc_curve(labels, np.r_[id_scores, ood_scores])
+    fpr95 = fpr_at_95_tpr(id_scores, ood_scores)
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {100 * auroc(id_scores, ood_scores):.2f}%")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.scatter([fpr95], [0.95], color="k", zorder=3, s=18, label=f"FPR95 {100 * fpr95:.2f}%")
+    ax.set_xlabel(f"FPR (fraction of {ood_name} accepted as ID)")
+    ax.set_ylabel("TPR (fraction of ID accepted)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(f"{title}\nROC, ID positive, vs {ood_name}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, out_path)
+
+
+def plot_sweep_heatmap(
+    results: list[dict], out_path, title: str = "LINe sweep: average FPR95 over (p_w, p_a)"
+) -> Path:
+    """Heat map of average FPR95 (percent) over (p_w, p_a).
+
+    ``results``: one dict per setting with keys ``p_w``, ``p_a`` and ``FPR95`` (average FPR95 as
+    a fraction; ``avg_FPR95`` is accepted too). Missing grid cells are left blank; the best
+    (lowest) cell is outlined.
+    """
+    if not results:
+        raise ValueError("plot_sweep_heatmap needs at least one result")
+
+    def value(r):
+        return r["FPR95"] if "FPR95" in r else r["avg_FPR95"]
+
+    p_ws = sorted({float(r["p_w"]) for r in results})
+    p_as = sorted({float(r["p_a"]) for r in results})
+    grid = np.full((len(p_ws), len(p_as)), np.nan)
+    for r in results:
+        grid[p_ws.index(float(r["p_w"])), p_as.index(float(r["p_a"]))] = 100 * value(r)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(p_as), 1.2 + 0.6 * len(p_ws)))
+    image = ax.imshow(grid, cmap="viridis_r", origin="lower", aspect="auto")
+    ax.set_xticks(range(len(p_as)), [f"{v:g}" for v in p_as])
+    ax.set_yticks(range(len(p_ws)), [f"{v:g}" for v in p_ws])
+    ax.set_xlabel("p_a (activation-pruning percentile)")
+    ax.set_ylabel("p_w (weight-pruning percentile)")
+    finite = np.isfinite(grid)
+    mid = np.nanmean(grid) if finite.any() else 0
+    for i in range(len(p_ws)):
+        for j in range(len(p_as)):
+            if finite[i, j]:
+                color = "white" if grid[i, j] > mid else "black"
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color=color)
+    if finite.any():
+        i, j = np.unravel_index(np.nanargmin(grid), grid.shape)
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    fig.colorbar(image, ax=ax, label="average FPR95 (%, ID positive)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, out_path)
+
+
+def safe_name(name: str) -> str:
+    return name.replace("/", "_").replace("\\", "_")
+
+
+def plot_results(scores: dict, out_dir, title: str) -> list[Path]:
+    """``scores``: {"in": ID scores, set name: OOD scores, ...}; writes hist_<set>.png, roc_<set>.png."""
+    out_dir = Path(out_dir)
+    written = []
+    for name, ood in scores.items():
+        if name == "in":
+            continue
+        written.append(
+            plot_score_histograms(scores["in"], ood, out_dir / f"hist_{safe_name(name)}.png", title, name)
+        )
+        written.append(plot_roc(scores["in"], ood, out_dir / f"roc_{safe_name(name)}.png", title, name))
+    return written
