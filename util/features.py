@@ -65,6 +65,7 @@ def _transform_repr(dataset: Dataset) -> str:
     return repr(t)
 
 
+CPU_MICRO_BATCH = 16
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -322,11 +323,18 @@ class FeatureExtractor:
         x = images.to(self.device, non_blocking=True)
         if self.device.type in ("cpu", "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
-            h = self.model.forward_features(x).float()
-        else:
-            with torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
-                h = self.model.forward_features(x).float()
+        # On CPU, small micro-batches keep activations in cache: DenseNet-101 runs about twice as
+        # fast at 16 images per call as at 256 (benchmarks/bench_extraction.py). Samples are
+        # independent in eval mode, so the split does not change what is computed.
+        step = CPU_MICRO_BATCH if self.device.type == "cpu" else len(x)
+        parts = []
+        for chunk in x.split(max(step, 1)):
+            if self.precision == "fp32":
+                parts.append(self.model.forward_features(chunk).float())
+            else:
+                with torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
+                    parts.append(self.model.forward_features(chunk).float())
+        h = torch.cat(parts)
         z = self.fc(h)
         return h.cpu().numpy(), z.float().cpu().numpy()
 
