@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from util.cli import positive_int
+
 from .ash import ASH
 from .gradnorm import GradNorm
 from .knn import KNN
@@ -29,16 +31,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a fraction in (0, 1]") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 1]")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1")
     return value
 
 
@@ -67,7 +59,7 @@ def add_baseline_args(parser: argparse.ArgumentParser) -> None:
         "--scale-percentile", type=_percentile, default=85.0, help="SCALE percentile p (default 85)"
     )
     g.add_argument(
-        "--knn-k", type=_positive_int, default=None, help="KNN k (default: 50 on CIFAR, 1000 otherwise)"
+        "--knn-k", type=positive_int, default=None, help="KNN k (default: 50 on CIFAR, 1000 otherwise)"
     )
     g.add_argument(
         "--knn-fraction", type=_fraction, default=1.0, help="KNN: share of training features used (default 1)"

@@ -20,7 +20,6 @@ to the summation order of a cross-rank reduction.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -134,28 +133,7 @@ def extract_sharded(extractor, dataset, tag: str):
 
 def _open_partial(extractor, partial: Path, key: dict, n: int, d: int, c: int):
     """Rank 0: the memory-mapped arrays of ``partial`` and how many leading rows are complete."""
-    from util.features import _open_arrays
-
-    done = 0
-    if (partial / "progress.json").is_file():
-        try:
-            progress = json.loads((partial / "progress.json").read_text())
-        except ValueError:
-            progress = {}
-        if progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n:
-            done = int(progress["done"])
-        else:
-            shutil.rmtree(partial)
-    extractor.require_space((n - done) * ((d + c) * 4 + 8), partial.name)
-    if done == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        arrays = _open_arrays(partial, n, d, c, "w+")
-        atomic_write_json(partial / "progress.json", {"key": key, "n": n, "done": 0})
-    else:
-        arrays = _open_arrays(partial, n, d, c, "r+")
-        print(f"resuming {partial.name}: {done} of {n} images already extracted")
-    return arrays, done
+    return extractor.open_partial(partial, key, n, partial.name)
 
 
 def _fill_sharded(extractor, dataset, entry: Path, key: dict) -> None:

@@ -242,25 +242,7 @@ class FeatureExtractor:
         n = len(dataset)
         d = self.fc.in_features
         c = self.fc.out_features
-        done = 0
-        if (partial / "progress.json").is_file():
-            try:
-                progress = json.loads((partial / "progress.json").read_text())
-            except ValueError:
-                progress = {}
-            if progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n:
-                done = int(progress["done"])
-            else:
-                shutil.rmtree(partial)
-        self.require_space((n - done) * ((d + c) * 4 + 8), entry.name)
-        if done == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            arrays = _open_arrays(partial, n, d, c, "w+")
-            atomic_write_json(partial / "progress.json", {"key": key, "n": n, "done": 0})
-        else:
-            arrays = _open_arrays(partial, n, d, c, "r+")
-            print(f"resuming {entry.name}: {done} of {n} images already extracted")
+        arrays, done = self.open_partial(partial, key, n, entry.name)
         features, logits, labels = arrays
         remaining = Subset(dataset, range(done, n)) if done else dataset
         loader = DataLoader(
@@ -311,6 +293,33 @@ class FeatureExtractor:
         if entry.exists():
             shutil.rmtree(entry)
         os.replace(partial, entry)
+
+    def open_partial(self, partial: Path, key: dict, n: int, label: str):
+        """The memory-mapped arrays of ``partial`` and how many leading rows are complete.
+
+        A progress record for another key or size (or an unreadable one) restarts from zero.
+        """
+        d, c = self.fc.in_features, self.fc.out_features
+        done = 0
+        if (partial / "progress.json").is_file():
+            try:
+                progress = json.loads((partial / "progress.json").read_text())
+            except ValueError:
+                progress = {}
+            if progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n:
+                done = int(progress["done"])
+            else:
+                shutil.rmtree(partial)
+        self.require_space((n - done) * ((d + c) * 4 + 8), label)
+        if done == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            arrays = _open_arrays(partial, n, d, c, "w+")
+            atomic_write_json(partial / "progress.json", {"key": key, "n": n, "done": 0})
+        else:
+            arrays = _open_arrays(partial, n, d, c, "r+")
+            print(f"resuming {label}: {done} of {n} images already extracted")
+        return arrays, done
 
     @staticmethod
     def _save_progress(partial: Path, arrays, key: dict, n: int, done: int) -> None:
