@@ -33,6 +33,7 @@ from util.cli import (
     load_classifier,
     load_contributions,
     load_feat_stat,
+    make_extractor,
     nonnegative_float,
     num_classes,
     percentile_arg,
@@ -245,17 +246,7 @@ def main(argv=None) -> None:
         files_used["contributions"] = {"path": str(path), "sha256": sha256_file(path), "record": record}
         return load_contributions(path, C, D)
 
-    extractor = FeatureExtractor(
-        model,
-        model_key,
-        cache_dir,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-        precision=args.precision,
-        skip_bad_images=args.skip_bad_images,
-    )
+    extractor = make_extractor(args, model, model_key, cache_dir)
 
     def train_features():
         train = id_dataset(args.in_dataset, "train", args.data_root, transform)

@@ -27,6 +27,7 @@ from util.cli import (
     ensure_writable_dir,
     feat_stat_path,
     load_classifier,
+    make_extractor,
     num_classes,
     positive_int,
     run_cli,
@@ -34,7 +35,7 @@ from util.cli import (
 from util.contributions import class_mean_contributions, mean_feature
 from util.data import balanced_subset, id_dataset, id_transform
 from util.errors import UserError
-from util.features import CACHE_VERSION, FeatureExtractor
+from util.features import CACHE_VERSION
 from util.io import atomic_save_npy, atomic_write_json, sha256_file
 
 
@@ -69,17 +70,7 @@ def main(argv=None) -> None:
         train = balanced_subset(train, args.max_samples, C)
     print(f"{args.in_dataset} training set: {len(train)} images; checkpoint {checkpoint}")
 
-    extractor = FeatureExtractor(
-        model,
-        model_key,
-        cache_dir,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-        precision=args.precision,
-        skip_bad_images=args.skip_bad_images,
-    )
+    extractor = make_extractor(args, model, model_key, cache_dir)
     tag = f"{args.in_dataset}_{args.name}_train"
     fs = extractor.extract(train, tag)
     if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 goes on alone

@@ -26,6 +26,7 @@ from util.cli import (
     ensure_writable_dir,
     load_classifier,
     load_contributions,
+    make_extractor,
     nonnegative_float,
     num_classes,
     percentile_arg,
@@ -33,7 +34,6 @@ from util.cli import (
 )
 from util.data import cifar_dataset, id_transform, ood_dataset
 from util.errors import UserError
-from util.features import FeatureExtractor
 from util.io import atomic_write_json
 from util.metrics import auroc, fpr_at_95_tpr
 from util.plots import plot_sweep_heatmap
@@ -79,16 +79,7 @@ def main(argv=None) -> None:
     if not path.is_file():
         raise UserError(f"LINe contributions {path} not found: run precompute.py with the same --cache-dir")
     contrib = load_contributions(path, C, D)
-    extractor = FeatureExtractor(
-        model,
-        model_key,
-        cache_dir,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-        precision=args.precision,
-    )
+    extractor = make_extractor(args, model, model_key, cache_dir)
     transform = id_transform(args.in_dataset)
     id_fs = extractor.extract(
         cifar_dataset(args.in_dataset, "test", args.data_root, transform),

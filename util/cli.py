@@ -173,6 +173,23 @@ def load_classifier(args):
     return model, model_key, checkpoint
 
 
+def make_extractor(args, model, model_key: dict, cache_dir):
+    """The FeatureExtractor the shared flags describe (device, -b, --workers, --precision, ...)."""
+    from util.features import FeatureExtractor
+
+    return FeatureExtractor(
+        model,
+        model_key,
+        cache_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        precision=args.precision,
+        skip_bad_images=args.skip_bad_images,
+    )
+
+
 def contributions_path(cache_dir, in_dataset: str, name: str, method: str = "taylor") -> Path:
     """LINe's class-mean contributions, shape (D, C): ``{in_dataset}_{name}_{method}_mean_class.npy``."""
     return Path(cache_dir) / f"{in_dataset}_{name}_{method}_mean_class.npy"
