@@ -71,46 +71,58 @@ class LINe(Detector):
         None when the detector is an ablation (no RouteLINe).
         """
         route = self.route_
-        if not isinstance(route, RouteLINe):
+        if not isinstance(route, RouteLINe) or route.weight.device.type != "cpu":
             return None
         chunk = chunk or self.score_chunk
         tau = self.clip_threshold if self.activation_clipping else None
         n = len(features)
+        n_classes, dim = route.weight.shape
         c_hat = np.empty(n, dtype=np.int64)
         scores, preds = np.empty(n), np.empty(n, dtype=np.int64)
+        rows_buf = np.empty((min(chunk, n), dim), dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, n, chunk):
-                h = clip(torch.from_numpy(np.array(features[s : s + chunk], dtype=np.float32)), tau)
-                c_hat[s : s + chunk] = route.predict(h).numpy()
+                h = _clipped(features[s : s + chunk], tau, rows_buf)
+                c_hat[s : s + chunk] = route.predict(torch.from_numpy(h)).numpy()
             order = np.argsort(c_hat, kind="stable")  # rows of one class stay in dataset order
             starts = np.flatnonzero(np.r_[True, np.diff(c_hat[order]) != 0])
             mask = torch.empty(route.weight.shape, dtype=torch.bool)
             weight = torch.empty_like(route.weight)
-            pending, n_pending = [], 0  # logits of several small groups, scored in one call
+            # Masked logits of several small class groups, transposed: column i is one row's
+            # (C,) logits; scored together once `chunk` columns are filled.
+            logits_t = torch.empty(n_classes, min(chunk, n), dtype=route.weight.dtype)
+            done = np.empty(min(chunk, n), dtype=np.int64)
+            filled = 0
 
             def flush():
-                rows = np.concatenate([r for r, _ in pending])
-                z = torch.cat([z for _, z in pending])
-                scores[rows] = self.score_logits(z).double().numpy()
-                preds[rows] = z.argmax(dim=1).numpy()
-                pending.clear()
+                z = logits_t[:, :filled].T
+                scores[done[:filled]] = self.score_logits(z).double().numpy()
+                preds[done[:filled]] = z.argmax(dim=1).numpy()
 
             for a, b in zip(starts, np.r_[starts[1:], n]):
                 weight = route.masked_weight(int(c_hat[order[a]]), mask, weight)
                 for s in range(a, b, chunk):
                     rows = order[s : min(s + chunk, b)]
-                    h = np.asarray(features[rows], dtype=np.float32)  # a fresh copy: clip in place
-                    if tau is not None:
-                        np.minimum(h, np.float32(tau), out=h)
-                    h = torch.from_numpy(h)
-                    pending.append((rows, F.linear(h, weight, route.bias)))
-                    n_pending += len(rows)
-                    if n_pending >= chunk:
+                    if filled + len(rows) > logits_t.shape[1]:
                         flush()
-                        n_pending = 0
-            if pending:
+                        filled = 0
+                    h = _clipped(features[rows], tau, rows_buf)
+                    route.linear_t(torch.from_numpy(h), weight, logits_t[:, filled : filled + len(rows)])
+                    done[filled : filled + len(rows)] = rows
+                    filled += len(rows)
+            if filled:
                 flush()
         return scores, preds
+
+
+def _clipped(features: np.ndarray, tau: float | None, buf: np.ndarray) -> np.ndarray:
+    """min(features, tau) as float32, written into the first rows of ``buf`` (no other copy)."""
+    out = buf[: len(features)]
+    if tau is None:
+        np.copyto(out, features, casting="same_kind")
+    else:
+        np.minimum(features, np.float32(tau), out=out, casting="same_kind")
+    return out
 
 
 class _AblatedLINe(torch.nn.Module):

@@ -95,3 +95,18 @@ def test_whole_array_scoring_equals_chunked_scoring_and_the_reference():
     np.testing.assert_array_equal(pred_whole, pred_chunked)
     ref = reference_line_logits(np.minimum(h, 0.8).astype(np.float64), W, b, contrib, 10, 10)
     np.testing.assert_allclose(whole, [np.log(np.exp(r).sum()) for r in ref], rtol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.8, None])
+def test_whole_array_scoring_in_small_chunks_of_float16_features_equals_the_reference(tau):
+    """Chunks of 7 rows split class groups and fill the logit buffer across groups."""
+    from detectors import LINe, TrainStats
+
+    fc, W, b, contrib = make_head(C=50, D=96, seed=5)
+    h = np.maximum(np.random.default_rng(6).normal(0.3, 0.6, (120, 96)), 0).astype(np.float16)
+    det = LINe(p_w=10, p_a=10, clip_threshold=tau).fit(fc, TrainStats(contributions=lambda: contrib))
+    scores, preds = det.score_all(h, chunk=7)
+    x = h.astype(np.float64) if tau is None else np.minimum(h.astype(np.float64), tau)
+    ref = reference_line_logits(x, W, b, contrib, 10, 10)
+    np.testing.assert_allclose(scores, [np.log(np.exp(r).sum()) for r in ref], rtol=1e-6)
+    np.testing.assert_array_equal(preds, ref.argmax(axis=1))
