@@ -102,8 +102,12 @@ class RouteLINe(nn.Module):
         """Rows are sorted by predicted class; each class's masked weight is built once per call.
 
         The AP mask is folded into the weight (column j of class c's weight is zeroed where
-        AP_c[j] is false), which multiplies the same products as masking h.
+        AP_c[j] is false), which multiplies the same products as masking h. Without autograd one
+        pair of (C, D) buffers is reused for every class; when h requires grad each class gets its
+        own masked weight, since autograd keeps it for the backward pass.
         """
+        if h.requires_grad:
+            return self._forward_differentiable(h)
         pred = self.predict(h)
         order = torch.argsort(pred, stable=True)
         classes, counts = torch.unique_consecutive(pred[order], return_counts=True)
@@ -120,13 +124,21 @@ class RouteLINe(nn.Module):
             out.index_copy_(0, rows, self.linear(x, weight))
         return out
 
+    def _forward_differentiable(self, h: torch.Tensor) -> torch.Tensor:
+        pred = self.predict(h.detach())
+        out = torch.empty(h.shape[0], self.weight.shape[0], dtype=h.dtype, device=h.device)
+        for c in torch.unique(pred).tolist():
+            rows = (pred == c).nonzero(as_tuple=True)[0]
+            out = out.index_copy(0, rows, F.linear(h[rows], self.masked_weight(c), self.bias))
+        return out
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x weight^T + b for one class's rows x (n, D) and masked weight (C, D).
 
         On CPU without autograd the product is taken as (weight x^T)^T through numpy's BLAS, which
         is about 1.4x faster than torch's for the few dozen rows a class gets at C = 1,000.
         """
-        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type != "cpu" or x.requires_grad or x.dtype != weight.dtype:
             return F.linear(x, weight, self.bias)
         return self.linear_t(x, weight, torch.empty(weight.shape[0], x.shape[0], dtype=x.dtype)).T
 

@@ -110,3 +110,14 @@ def test_whole_array_scoring_in_small_chunks_of_float16_features_equals_the_refe
     ref = reference_line_logits(x, W, b, contrib, 10, 10)
     np.testing.assert_allclose(scores, [np.log(np.exp(r).sum()) for r in ref], rtol=1e-6)
     np.testing.assert_array_equal(preds, ref.argmax(axis=1))
+
+
+def test_gradients_flow_through_route_line_to_the_features():
+    """d(sum_k z_k)/dh = column sums of the predicted class's masked weight (as ODIN needs)."""
+    fc, _, _, contrib = make_head(C=30, D=40, seed=7)
+    route = RouteLINe(fc, contrib, 10, 10)
+    h = torch.rand(5, 40, requires_grad=True)
+    route(h).sum().backward()
+    pred = route.predict(h.detach())
+    expected = torch.stack([route.masked_weight(int(c)).sum(dim=0) for c in pred])
+    torch.testing.assert_close(h.grad, expected)
