@@ -33,6 +33,10 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "demo-imagenet.sh: ${#missing[@]} required folder(s)/file(s) missing (DATA_ROOT=$DATA_ROOT):" >&2
     printf '%s\n' "${missing[@]}" >&2
+    if [ ! -f "$RESNET_FILE" ] && [ ! -f "$HUB_FILE" ]; then
+        echo "also used, downloaded on first use when the network allows: $RESNET_FILE" >&2
+        echo "      get: $RESNET_URL (torchvision's ResNet50_Weights.IMAGENET1K_V1)" >&2
+    fi
     exit 2
 fi
 if [ ! -f "$RESNET_FILE" ] && [ ! -f "$HUB_FILE" ]; then

@@ -87,7 +87,7 @@ def test_ood_eval_uses_the_imagenet_paper_settings():
 
 
 def test_demo_imagenet_without_data_stops_at_once_listing_every_missing_folder(tmp_path):
-    env = {**os.environ, "DATA_ROOT": str(tmp_path / "no-data")}
+    env = {**os.environ, "DATA_ROOT": str(tmp_path / "no-data"), "TORCH_HOME": str(tmp_path / "torch")}
     res = subprocess.run(
         ["bash", str(REPO / "demo-imagenet.sh")], env=env, capture_output=True, text=True, timeout=60
     )
@@ -95,4 +95,7 @@ def test_demo_imagenet_without_data_stops_at_once_listing_every_missing_folder(t
     for folder in ("ILSVRC-2012/train", "ILSVRC-2012/val", "iNaturalist", "SUN", "Places", "dtd/images"):
         assert f"{tmp_path}/no-data/" in res.stderr and folder in res.stderr
     assert "image-net.org" in res.stderr and "iNaturalist.tar.gz" in res.stderr
+    assert "BiT-S-R101x1.npz" in res.stderr
+    if not (REPO / "checkpoints/imagenet/resnet50-0676ba61.pth").exists():
+        assert "download.pytorch.org/models/resnet50-0676ba61.pth" in res.stderr
     assert "setting up .venv" not in res.stderr  # stopped before any setup or Python work
