@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from models import input_normalization
+from models.heads import cpu_copy
 from util import distributed
 from util.cli import (
     add_common_args,
@@ -80,7 +81,7 @@ def main(argv=None) -> None:
     if fs.skipped:
         print(f"images: {fs.requested} requested, {len(fs.skipped)} unreadable skipped, {len(fs)} used")
 
-    fc = extractor.fc.cpu().float()
+    fc = cpu_copy(extractor.fc)
     contrib, counts = class_mean_contributions(fc, fs.features, fs.labels)
     mean = mean_feature(fs.features)
     nonfinite = int(np.count_nonzero(~np.isfinite(contrib))) + int(np.count_nonzero(~np.isfinite(mean)))

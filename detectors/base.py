@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.heads import cpu_copy
+
 
 @dataclass
 class TrainStats:
@@ -36,7 +38,9 @@ class Detector:
     name = "detector"
 
     def fit(self, fc: nn.Linear, stats: TrainStats | None = None) -> Detector:
-        self.fc_ = fc.cpu().float().eval()
+        """Keeps a float32 CPU copy of the head; ``fc`` itself (often on the GPU, inside the model
+        that still extracts features) is left where and as it is."""
+        self.fc_ = cpu_copy(fc)
         return self
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -230,3 +230,27 @@ def test_line_ablation_switches_each_component_off(setup, ac, ap, wp):
     scores, _ = scores_of(det, s)
     expected = line_ref(s["test"], s["W"], s["b"], s["contrib"], 70, 40, 0.8, ac, ap, wp)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: LINe(p_w=10, p_a=10), lambda: ReAct(clip_threshold=1.0), lambda: ViM(), lambda: KNN()]
+)
+def test_fitting_a_detector_leaves_the_given_head_where_and_as_it_was(setup, make):
+    """The model's head keeps extracting features (on the GPU) after detectors are fitted."""
+    fc = torch.nn.Linear(D, C).double()
+    with torch.no_grad():
+        fc.weight.copy_(setup["fc"].weight)
+        fc.bias.copy_(setup["fc"].bias)
+    weight = fc.weight
+    detector = make().fit(fc, setup["stats"])
+    assert fc.weight is weight and fc.weight.dtype == torch.float64
+    assert detector.fc_ is not fc and detector.fc_.weight.dtype == torch.float32
+    torch.testing.assert_close(detector.fc_.weight, fc.weight.float())
+
+
+def test_class_mean_contributions_leave_the_given_head_as_it_was(setup):
+    from util.contributions import class_mean_contributions
+
+    fc = torch.nn.Linear(D, C).double()
+    class_mean_contributions(fc, setup["train"], setup["labels"])
+    assert fc.weight.dtype == torch.float64

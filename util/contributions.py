@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.heads import cpu_copy
+
 
 def taylor_contributions(fc: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """s = h * d logit_y / d h for a whole batch by one autograd call, shape (B, D).
@@ -48,7 +50,7 @@ def class_mean_contributions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cm (C, D) float64 and the per-class counts, streaming over ``chunk`` rows at a time."""
     acc = ClassMeanAccumulator(fc.out_features, fc.in_features)
-    fc = fc.cpu()
+    fc = cpu_copy(fc)
     for start in range(0, len(labels), chunk):
         h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
         y = torch.from_numpy(np.asarray(labels[start : start + chunk]))
