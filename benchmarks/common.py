@@ -41,8 +41,17 @@ def timed(fn, *args, repeat: int = 1):
     for _ in range(repeat):
         start = time.perf_counter()
         out = fn(*args)
+        _synchronize()
         best = min(best, time.perf_counter() - start)
     return out, best
+
+
+def _synchronize() -> None:
+    """Wait for queued GPU work, so that a timing covers it (CUDA kernels run asynchronously)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def report(rows: list[tuple[str, float]], unit: str = "images/s") -> None:

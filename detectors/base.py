@@ -33,7 +33,11 @@ class TrainStats:
 
 
 class Detector:
-    """Base class: logit-based score of (optionally clipped) features."""
+    """Base class: logit-based score of (optionally clipped) features.
+
+    Detectors live on the CPU: ``fit`` keeps a float32 CPU copy of the head, and scoring reads
+    cached (numpy) features.
+    """
 
     name = "detector"
 

@@ -71,8 +71,14 @@ class LINe(Detector):
         None when the detector is an ablation (no RouteLINe).
         """
         route = self.route_
-        if not isinstance(route, RouteLINe) or route.weight.device.type != "cpu":
+        if not isinstance(route, RouteLINe):
             return None
+        if route.weight.device.type != "cpu":
+            raise ValueError(
+                f"LINe scores cached (numpy) features on the CPU, but its route is on "
+                f"{route.weight.device}; keep the fitted detector on the CPU, or call "
+                "detector.route_ on feature batches of that device yourself"
+            )
         chunk = chunk or self.score_chunk
         tau = self.clip_threshold if self.activation_clipping else None
         n = len(features)
@@ -135,17 +141,20 @@ class _AblatedLINe(torch.nn.Module):
 
     def __init__(self, fc: torch.nn.Linear, contrib, p_w: float, p_a: float, ap: bool, wp: bool):
         super().__init__()
-        weight64 = fc.weight.detach().double().numpy()
+        device = fc.weight.device
+        weight64 = fc.weight.detach().cpu().double().numpy()
         contrib = np.asarray(contrib, dtype=np.float64)
-        self.weight = fc.weight.detach()
-        self.bias = fc.bias.detach() if fc.bias is not None else torch.zeros(len(weight64))
-        self.ap_mask = None
+        bias = fc.bias.detach() if fc.bias is not None else torch.zeros(len(weight64), device=device)
+        self.register_buffer("weight", fc.weight.detach().clone())
+        self.register_buffer("bias", bias.clone())
+        self.register_buffer("ap_mask", None)
         self.wp_threshold = None
         if ap:
-            self.ap_mask = torch.from_numpy(contrib > np.percentile(contrib, p_a, axis=1, keepdims=True))
+            ap_mask = contrib > np.percentile(contrib, p_a, axis=1, keepdims=True)
+            self.register_buffer("ap_mask", torch.from_numpy(ap_mask).to(device))
         if wp:
-            self.abs_contrib = torch.from_numpy(np.abs(contrib))
-            self.weight64 = torch.from_numpy(weight64)
+            self.register_buffer("abs_contrib", torch.from_numpy(np.abs(contrib)).to(device))
+            self.register_buffer("weight64", torch.from_numpy(weight64).to(device))
             self.wp_threshold = [
                 float(np.percentile(np.abs(contrib[c])[None, :] * weight64, p_w)) for c in range(len(contrib))
             ]
@@ -154,7 +163,7 @@ class _AblatedLINe(torch.nn.Module):
         if self.ap_mask is None and self.wp_threshold is None:
             return F.linear(h, self.weight, self.bias)
         pred = F.linear(h, self.weight, self.bias).argmax(dim=1)
-        out = torch.empty(h.shape[0], self.weight.shape[0], dtype=h.dtype)
+        out = torch.empty(h.shape[0], self.weight.shape[0], dtype=h.dtype, device=h.device)
         for c in torch.unique(pred).tolist():
             rows = (pred == c).nonzero(as_tuple=True)[0]
             x, weight = h[rows], self.weight

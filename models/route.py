@@ -46,10 +46,10 @@ class RouteDICE(nn.Module):
             )
         contrib = mean_feature[None, :] * weight
         mask = contrib > np.percentile(contrib, self.p)
-        dtype = fc.weight.dtype
-        self.register_buffer("weight", fc.weight.detach() * torch.from_numpy(mask).to(dtype))
+        mask = torch.from_numpy(mask).to(fc.weight.device)  # all state lives where fc does
+        self.register_buffer("weight", fc.weight.detach() * mask.to(fc.weight.dtype))
         self.register_buffer("bias", _bias_of(fc))
-        self.register_buffer("mask", torch.from_numpy(mask))
+        self.register_buffer("mask", mask)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.weight, self.bias)
@@ -86,13 +86,14 @@ class RouteLINe(nn.Module):
         abs_contrib = np.abs(contrib)
         columns = ColumnSorted(weight64)
         thresholds, cutoffs = columns.percentiles(abs_contrib, self.p_w)
+        device = fc.weight.device  # all state lives where fc does
         self.register_buffer("weight", fc.weight.detach().clone())
         self.register_buffer("bias", _bias_of(fc))
-        self.register_buffer("abs_contrib", torch.from_numpy(abs_contrib))
-        self.register_buffer("wp_threshold", torch.from_numpy(thresholds))
-        self.register_buffer("wp_rank", torch.from_numpy(columns.column_rank))
-        self.register_buffer("wp_cutoff", torch.from_numpy(cutoffs))
-        self.register_buffer("ap_mask", torch.from_numpy(ap_mask))
+        self.register_buffer("abs_contrib", torch.from_numpy(abs_contrib).to(device))
+        self.register_buffer("wp_threshold", torch.from_numpy(thresholds).to(device))
+        self.register_buffer("wp_rank", torch.from_numpy(columns.column_rank).to(device))
+        self.register_buffer("wp_cutoff", torch.from_numpy(cutoffs).to(device))
+        self.register_buffer("ap_mask", torch.from_numpy(ap_mask).to(device))
 
     def weight_mask(self, c: int) -> torch.Tensor:
         """WP mask of class c, shape (C, D): R_c > t_c, i.e. column rank >= the class's cutoff."""

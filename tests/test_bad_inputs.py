@@ -328,6 +328,19 @@ def test_out_of_range_flags_are_argparse_errors(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu", "--device 'gpu' is not a torch device; use cpu, cuda or cuda:N"),
+        ("meta", "--device meta: only cpu and cuda devices are supported"),
+        ("cuda:99", "--device cuda:99: this machine has"),
+    ],
+)
+def test_unusable_devices_are_refused_naming_the_device(env, capsys, device, message):
+    code, _, err = run_main(ood_eval, eval_args(env, "--device", device), capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
 def test_unknown_ood_set_name_suggests_the_close_one(env, capsys):
     code, _, err = run_main(ood_eval, eval_args(env, "--out-datasets", "svhn"), capsys)
     assert code == 2 and "OOD set 'svhn': not a known set name" in err and "Did you mean 'SVHN'?" in err

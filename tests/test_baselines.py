@@ -254,3 +254,13 @@ def test_class_mean_contributions_leave_the_given_head_as_it_was(setup):
     fc = torch.nn.Linear(D, C).double()
     class_mean_contributions(fc, setup["train"], setup["labels"])
     assert fc.weight.dtype == torch.float64
+
+
+@pytest.mark.parametrize("ap,wp", [(True, False), (False, True)])
+def test_line_ablation_keeps_its_state_in_buffers_that_follow_the_module(setup, ap, wp):
+    det = LINe(p_w=10, p_a=10, activation_pruning=ap, weight_pruning=wp).fit(setup["fc"], setup["stats"])
+    names = {name for name, _ in det.route_.named_buffers()}
+    assert {"weight", "bias"} <= names
+    assert ("ap_mask" in names) == ap and ({"abs_contrib", "weight64"} <= names) == wp
+    moved = det.route_.to(torch.float64)  # .to() reaches every tensor it uses
+    assert moved.weight.dtype == torch.float64 and moved.bias.dtype == torch.float64

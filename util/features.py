@@ -75,11 +75,30 @@ def check_precision(precision: str, device: torch.device) -> str:
         raise UserError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
     if precision == "fp16" and device.type != "cuda":
         raise UserError("fp16 autocast needs a CUDA device; use --precision bf16 on CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{device} does not support bfloat16; use --precision fp16 on this GPU")
     return precision
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(name: str) -> torch.device:
+    """torch.device(name), refusing devices this machine does not have (with what it has)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
 
 
 def _open_arrays(folder: Path, n: int, d: int, c: int, mode: str):
@@ -106,7 +125,9 @@ class FeatureExtractor:
         precision: str = "fp32",
         skip_bad_images: bool = False,
     ):
-        self.device = torch.device(device or default_device())
+        self.device = check_device(device or default_device())
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # pinned memory and kernels on that GPU, not cuda:0
         self.precision = check_precision(precision, self.device)
         self.model = model.eval().to(self.device)
         if self.device.type in ("cpu", "cuda"):
