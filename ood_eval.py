@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectors import DICE, MSP, Energy, LINe, ReAct, TrainStats, score_features
+from detectors import DICE, MSP, Energy, LINe, ReAct, TrainStats, score_sets
 from detectors.registry import BASELINE_METHODS, add_baseline_args, line_name, make_baseline
 from models import input_normalization
 from util import distributed
@@ -55,7 +55,7 @@ from util.data import (
 )
 from util.errors import UserError
 from util.features import FeatureExtractor, bad_image_message
-from util.io import atomic_save_npy, atomic_write_json, sha256_file
+from util.io import atomic_write_json, save_scores, sha256_file
 from util.metrics import FPR_CONVENTIONS, average_metrics, format_table, ood_metrics
 from util.multi_method import METRIC_CONVENTIONS, add_report_args, parse_methods, run_methods
 
@@ -205,10 +205,6 @@ def ood_set_names(args) -> list[str]:
     return names
 
 
-def score_file_name(name: str) -> str:
-    return name.replace("/", "_").replace("\\", "_") + ".npy"
-
-
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     start = time.time()
@@ -284,10 +280,7 @@ def main(argv=None) -> None:
 
     if args.methods:
         tokens = parse_methods(args.methods)
-        features = {
-            key: extractor.extract(ds, f"{args.in_dataset}_{args.name}_{'test' if key == 'in' else key}")
-            for key, ds in datasets.items()
-        }
+        features = {key: extractor.extract(ds, _tag(args, key)) for key, ds in datasets.items()}
         base = {
             "code_version": code_version(),
             "num_images": {k: len(v) for k, v in datasets.items()},
@@ -316,15 +309,11 @@ def main(argv=None) -> None:
         scores, preds, labels = _odin(args, extractor, datasets)
         settings_detector = {"temperature": args.temperature, "noise": args.noise}
     else:
-        detector.fit(fc, stats)
+        detector.fit(fc, stats)  # before any forward pass: missing statistics fail at once
         settings_detector = detector.settings()
-        scores, preds, labels = {}, {}, None
-        for key, ds in datasets.items():
-            tag = f"{args.in_dataset}_{args.name}_{'test' if key == 'in' else key}"
-            fs = extractor.extract(ds, tag)
-            scores[key], preds[key] = score_features(detector, fs.features)
-            if key == "in":
-                labels = fs.labels
+        features = {key: extractor.extract(ds, _tag(args, key)) for key, ds in datasets.items()}
+        scores, preds = score_sets(detector, {key: fs.features for key, fs in features.items()})
+        labels = features["in"].labels
         if extractor.images_forwarded == 0:
             print(f"all features loaded from the cache in {cache_dir / 'features'}: no forward pass")
         else:
@@ -353,8 +342,7 @@ def main(argv=None) -> None:
         "metric_conventions": METRIC_CONVENTIONS,
     }
     out_dir = Path(args.base_dir) / args.in_dataset / method / args.name
-    for key, s in scores.items():
-        atomic_save_npy(out_dir / "scores" / score_file_name(key), s)
+    save_scores(out_dir, scores)
     atomic_write_json(
         out_dir / "results.json",
         {"id_accuracy": accuracy, "ood": per_set, "average": average_metrics(per_set), "settings": settings},

@@ -16,9 +16,7 @@ import argparse
 import tempfile
 
 import torch
-from common import cifar10_test_images, densenet, preload, report, timed
-
-from util.features import FeatureExtractor
+from common import cifar10_test_images, cpu_extractor, densenet, preload, report, timed
 
 
 def plain_forward(model, x, batch=64):
@@ -43,15 +41,7 @@ def main() -> None:
     h_plain, t_plain = timed(plain_forward, plain_model, x)
 
     with tempfile.TemporaryDirectory() as cache:
-        extractor = FeatureExtractor(
-            densenet(),
-            {"bench": "e2e"},
-            cache,
-            device="cpu",
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=False,
-        )
+        extractor = cpu_extractor(cache, "e2e", args)
 
         def model_only():
             with torch.inference_mode():

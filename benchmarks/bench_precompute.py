@@ -18,11 +18,10 @@ import tempfile
 
 import numpy as np
 import torch
-from common import DATA_ROOT, densenet, preload, timed
+from common import DATA_ROOT, cpu_extractor, densenet, preload, timed
 
 from util.contributions import ClassMeanAccumulator, class_mean_contributions
 from util.data import balanced_subset, cifar_dataset, dataset_labels, id_transform
-from util.features import FeatureExtractor
 
 
 def original_method(model, x, y):
@@ -56,15 +55,7 @@ def main() -> None:
     acc_orig, t_orig = timed(original_method, model, x[:n_orig], labels[:n_orig])
 
     with tempfile.TemporaryDirectory() as cache:
-        extractor = FeatureExtractor(
-            densenet(),
-            {"bench": "precompute"},
-            cache,
-            device="cpu",
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=False,
-        )
+        extractor = cpu_extractor(cache, "precompute", args)
 
         def ours():
             fs = extractor.extract(train, "bench")

@@ -28,6 +28,21 @@ def densenet():
     return get_model("densenet", 10, CHECKPOINT)
 
 
+def cpu_extractor(cache_dir, name: str, args):
+    """A FeatureExtractor of a fresh DenseNet-101 on the CPU, caching under ``cache_dir``."""
+    from util.features import FeatureExtractor
+
+    return FeatureExtractor(
+        densenet(),
+        {"bench": name},
+        cache_dir,
+        device="cpu",
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=False,
+    )
+
+
 def preload(dataset):
     """All images of ``dataset`` decoded and transformed into one (N, 3, 32, 32) tensor."""
     import torch

@@ -7,7 +7,7 @@ higher meaning more in-distribution.
 """
 
 from .ash import ASH
-from .base import Detector, TrainStats, score_features
+from .base import Detector, TrainStats, score_features, score_sets
 from .dice import DICE
 from .gradnorm import GradNorm
 from .knn import KNN
@@ -21,6 +21,7 @@ __all__ = [
     "Detector",
     "TrainStats",
     "score_features",
+    "score_sets",
     "MSP",
     "Energy",
     "ReAct",

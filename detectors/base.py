@@ -89,3 +89,9 @@ def score_features(
     if not scores:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     return np.concatenate(scores), np.concatenate(preds)
+
+
+def score_sets(detector: Detector, features: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """(scores, predicted classes) of each named (N, D) feature array, by ``score_features``."""
+    scored = {name: score_features(detector, array) for name, array in features.items()}
+    return {k: s for k, (s, _) in scored.items()}, {k: p for k, (_, p) in scored.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from util.cli import positive_int
+from util.cli import parsed_number, positive_int
 
 from .ash import ASH
 from .gradnorm import GradNorm
@@ -25,22 +25,15 @@ LINE_PARTS = ("ac", "ap", "wp")
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a fraction in (0, 1]") from None
+    value = parsed_number(text, float, "a fraction in (0, 1]")
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 1]")
     return value
 
 
 def _percentile(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number; expected a percentile in [0, 100]"
-        ) from None
+    """ASH / SCALE percentile: [0, 100) (at 100 nothing would be kept)."""
+    value = parsed_number(text, float, "a percentile in [0, 100]")
     if not 0 <= value < 100:
         raise argparse.ArgumentTypeError(f"{value:g} is outside [0, 100)")
     return value

@@ -21,44 +21,39 @@ from util.io import sha256_file
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def parsed_number(text: str, convert: type, expected: str):
+    """``convert(text)`` (int or float) for an argparse type; the error names what was expected."""
+    try:
+        return convert(text)
+    except ValueError:
+        kind = "an integer" if convert is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}; expected {expected}") from None
+
+
 def percentile_arg(text: str) -> float:
     """argparse type: a percentile in [0, 100]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number; expected a percentile in [0, 100]"
-        ) from None
+    value = parsed_number(text, float, "a percentile in [0, 100]")
     if not 0.0 <= value <= 100.0:
         raise argparse.ArgumentTypeError(f"{value:g} is outside the valid range [0, 100]")
     return value
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 1") from None
+    value = parsed_number(text, int, "an integer >= 1")
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1") from None
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1")
     return value
 
 
 def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a value >= 0") from None
+    value = parsed_number(text, float, "a value >= 0")
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{value:g} is out of range; expected a value >= 0")
     return value
 
 
 def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 0") from None
+    value = parsed_number(text, int, "an integer >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 0")
     return value

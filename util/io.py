@@ -59,6 +59,13 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def save_scores(out_dir: str | os.PathLike, scores: dict[str, np.ndarray]) -> None:
+    """Each set's scores as out_dir/scores/<set>.npy ("/" and "\\" in a set name become "_")."""
+    for name, values in scores.items():
+        file_name = name.replace("/", "_").replace("\\", "_") + ".npy"
+        atomic_save_npy(Path(out_dir) / "scores" / file_name, values)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors import score_features
+from detectors import score_sets
 from detectors.registry import BASELINE_METHODS, line_parts
 from util.errors import UserError
-from util.io import atomic_save_npy, atomic_write_json
+from util.io import atomic_write_json, save_scores
 from util.metrics import FPR_CONVENTIONS, average_metrics, ood_metrics
 
 ORIGINAL_METHODS = ("msp", "energy", "react", "dice", "odin")
@@ -141,15 +141,12 @@ def run_methods(
         else:
             detector.fit(fc, stats)
             settings_detector = detector.settings()
-            scores, preds = {}, {}
-            for key, fs in features.items():
-                scores[key], preds[key] = score_features(detector, fs.features)
+            scores, preds = score_sets(detector, {key: fs.features for key, fs in features.items()})
         accuracy = float(np.mean(preds["in"] == labels))
         per_set = {n: set_metrics(scores, n) for n in names}
         average = average_metrics(per_set)
         out_dir = Path(args.base_dir) / args.in_dataset / method / args.name
-        for key, s in scores.items():
-            atomic_save_npy(out_dir / "scores" / (key.replace("/", "_").replace("\\", "_") + ".npy"), s)
+        save_scores(out_dir, scores)
         settings = {
             **vars(targs),
             **base_settings,
