@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Write the SVHN OOD subset used by the papers: the first 1,000 test images of each digit.
 
 Reads SVHN's test_32x32.mat (downloaded by torchvision into {data_root}/ood_datasets/svhn when
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from util.cli import run_cli
 from util.data import ood_dataset_path
 from util.errors import UserError
+from util.runtime import run_cli
 
 PER_DIGIT = 1000
 

@@ -16,12 +16,7 @@ import argparse
 import tempfile
 
 import torch
-from common import cifar10_test_images, cpu_extractor, densenet, preload, report, timed
-
-
-def plain_forward(model, x, batch=64):
-    with torch.no_grad():
-        return torch.cat([model.forward_features(x[i : i + batch]) for i in range(0, len(x), batch)])
+from common import cifar10_test_images, cpu_extractor, densenet, plain_forward, preload, report, timed
 
 
 def main() -> None:

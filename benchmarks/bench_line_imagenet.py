@@ -59,7 +59,7 @@ def run_ours(n: int) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from detectors import LINe, TrainStats, score_features
+    from detectors import LINe, score_features
 
     W, b, contrib, features = make_problem(n)
     fc = torch.nn.Linear(D, C)
@@ -68,7 +68,7 @@ def run_ours(n: int) -> dict:
         fc.bias.copy_(torch.from_numpy(b))
     base = peak_rss_gb()
     t0, c0 = time.perf_counter(), time.process_time()
-    det = LINe(p_w=P_W, p_a=P_A, clip_threshold=TAU).fit(fc, TrainStats(contributions=lambda: contrib))
+    det = LINe(p_w=P_W, p_a=P_A, clip_threshold=TAU).fit(fc, contributions=contrib)
     setup, setup_cpu = time.perf_counter() - t0, time.process_time() - c0
     state = sum(t.numel() * t.element_size() for t in det.route_.buffers()) / 2**20
     t0, c0 = time.perf_counter(), time.process_time()

@@ -14,10 +14,10 @@ import argparse
 import tempfile
 
 import torch
-from bench_extraction import plain_forward
-from common import cifar10_test_images, densenet, preload, report, timed
+from common import cifar10_test_images, densenet, plain_forward, preload, report, timed
 
-from util.features import FeatureExtractor, default_device
+from util.devices import default_device
+from util.features import FeatureExtractor
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from common import DATA_ROOT, cpu_extractor, densenet, preload, timed
 
-from util.contributions import ClassMeanAccumulator, class_mean_contributions
+from detectors.statistics import ClassMeanAccumulator, class_mean_contributions, taylor_contributions
 from util.data import balanced_subset, cifar_dataset, dataset_labels, id_transform
 
 
@@ -71,8 +71,6 @@ def main() -> None:
         (fs, (cm, counts)), t_ours = timed(ours)
         # the same per-class sums, restricted to the images the original method saw
         sub = ClassMeanAccumulator(10, fs.features.shape[1])
-        from util.contributions import taylor_contributions
-
         h = torch.from_numpy(np.array(fs.features[:n_orig]))
         sub.add(taylor_contributions(extractor.fc, h, labels[:n_orig]), labels[:n_orig])
 

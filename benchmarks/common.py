@@ -43,6 +43,14 @@ def cpu_extractor(cache_dir, name: str, args):
     )
 
 
+def plain_forward(model, x, batch=64):
+    """model.forward_features over ``x`` in batches, without autograd: the bare network's speed."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model.forward_features(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
 def preload(dataset):
     """All images of ``dataset`` decoded and transformed into one (N, 3, 32, 32) tensor."""
     import torch

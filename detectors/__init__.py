@@ -1,28 +1,34 @@
-"""Post-hoc OOD detectors computed from cached penultimate features and the classifier (W, b).
+"""Post-hoc OOD detectors computed from cached penultimate features and the classifier (W, b),
+plus the network-level ones (ODIN) that need the images.
 
-Every detector follows one protocol: parameters in ``__init__``; ``fit(fc, stats)`` builds the
-fitted state (trailing underscore) from the classifier and ID training statistics;
-``logits(h)`` gives the logits it uses (for ID accuracy) and ``score(h)`` the OOD score,
-higher meaning more in-distribution.
+Every detector follows one protocol (``detectors.base``): parameters in ``__init__``;
+``fit(fc, <statistics it needs>)`` builds the fitted state (trailing underscore); ``score_batch(h)``
+gives (scores, logits), higher scores meaning more in-distribution. ``detectors.registry`` lists
+them all.
 """
 
 from .ash import ASH
-from .base import Detector, TrainStats, score_features, score_sets
+from .base import Detector, NetworkDetector, Param, score_features, score_sets
 from .dice import DICE
+from .energy import Energy
 from .gradnorm import GradNorm
 from .knn import KNN
 from .line import LINe
-from .logit import MSP, Energy, ReAct
 from .mahalanobis import Mahalanobis
+from .msp import MSP
+from .odin import ODIN
+from .react import ReAct
 from .scale import SCALE
 from .vim import ViM
 
 __all__ = [
     "Detector",
-    "TrainStats",
+    "NetworkDetector",
+    "Param",
     "score_features",
     "score_sets",
     "MSP",
+    "ODIN",
     "Energy",
     "ReAct",
     "DICE",

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Detector
+from util.argtypes import open_percentile_arg
+
+from .base import Detector, Param
 
 ASH_DEFAULT_PERCENTILE = {"p": 90.0, "b": 90.0, "s": 95.0}
 
@@ -60,14 +62,32 @@ def ash(h: torch.Tensor, percentile: float, variant: str) -> torch.Tensor:
 class ASH(Detector):
     """Energy of W ash(h) + b for one ASH variant and pruning percentile."""
 
+    name = "ash"
+    paper = "Djurisic et al., ICLR 2023"
+    params = (
+        Param(
+            "percentile",
+            ("--ash-percentile",),
+            "ASH pruning percentile p (default: 90 for ash_p and ash_b, 95 for ash_s)",
+            open_percentile_arg,
+        ),
+    )
+
     def __init__(self, variant: str = "s", percentile: float | None = None):
         if variant not in ASH_DEFAULT_PERCENTILE:
             raise ValueError(f"ASH variant must be 'p', 'b' or 's', got {variant!r}")
         self.variant = variant
         self.percentile = ASH_DEFAULT_PERCENTILE[variant] if percentile is None else float(percentile)
 
-    @property
-    def name(self) -> str:
+    @classmethod
+    def variants(cls) -> dict[str, dict]:
+        return {f"ash_{v}": {"variant": v} for v in ASH_DEFAULT_PERCENTILE}
+
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"percentile": (60.0, 65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}
+
+    def run_name(self) -> str:
         return f"ash_{self.variant}"
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

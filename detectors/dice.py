@@ -1,8 +1,9 @@
 """DICE (Sun & Li, "DICE: Leveraging Sparsification for Out-of-Distribution Detection", ECCV 2022).
 
 With m the mean ID training feature and V = m[None, :] * W, keep W[c, j] where
-V[c, j] > percentile(V, p). Score = logsumexp((W * mask) h' + b), h' = min(h, tau) (DICE+ReAct)
-or h (plain DICE). Paper settings: p = 90 on CIFAR, p = 70 on ImageNet.
+V[c, j] > percentile(V, p). Score = logsumexp((W * mask) h' + b), h' = min(h, tau) (DICE+ReAct,
+named ``dice_react``) or h (plain DICE). The masked layer is ``models.route.RouteDICE``. Paper
+settings: p = 90 on CIFAR, p = 70 on ImageNet.
 """
 
 from __future__ import annotations
@@ -10,21 +11,38 @@ from __future__ import annotations
 import torch
 
 from models.route import RouteDICE
+from util.argtypes import percentile_arg
 
-from .base import Detector, TrainStats
-from .logit import clip
+from .base import Detector, Param
+from .react import CLIP_THRESHOLD, clip
 
 
 class DICE(Detector):
     name = "dice"
+    paper = "Sun & Li, ECCV 2022"
+    params = (
+        Param(
+            "p", ("--p",), "DICE sparsity percentile p (paper: 90 on CIFAR, 70 on ImageNet)", percentile_arg
+        ),
+        CLIP_THRESHOLD,
+    )
+    defaults = {"imagenet": {"p": 70.0}}
+    fit_params = ("p",)
 
     def __init__(self, p: float = 90.0, clip_threshold: float | None = None):
         self.p = p
         self.clip_threshold = clip_threshold
 
-    def fit(self, fc, stats: TrainStats | None = None) -> DICE:
-        super().fit(fc, stats)
-        self.route_ = RouteDICE(self.fc_, stats.get("mean_feature"), self.p)
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"p": (10.0, 30.0, 50.0, 70.0, 90.0)}
+
+    def run_name(self) -> str:
+        return "dice" if self.clip_threshold is None else "dice_react"
+
+    def fit(self, fc, mean_feature) -> DICE:
+        super().fit(fc)
+        self.route_ = RouteDICE(self.fc_, mean_feature, self.p)
         return self
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

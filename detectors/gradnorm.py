@@ -19,14 +19,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Detector
+from util.argtypes import positive_float
+
+from .base import Detector, Param
 
 
 class GradNorm(Detector):
     name = "gradnorm"
+    paper = "Huang et al., NeurIPS 2021"
+    params = (
+        Param(
+            "temperature", ("--gradnorm-temperature",), "GradNorm temperature T (default 1)", positive_float
+        ),
+    )
 
     def __init__(self, temperature: float = 1.0):
         self.temperature = float(temperature)
+
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"temperature": (0.5, 1.0, 2.0, 10.0, 100.0)}
 
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
         raise TypeError("GradNorm depends on h as well as the logits: use score_batch(h)")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Detector, TrainStats
+from util.argtypes import fraction_arg, positive_int
+
+from .base import Detector, Param
 
 
 def normalise(h: torch.Tensor) -> torch.Tensor:
@@ -24,6 +26,15 @@ def normalise(h: torch.Tensor) -> torch.Tensor:
 
 class KNN(Detector):
     name = "knn"
+    paper = "Sun et al., ICML 2022"
+    params = (
+        Param("k", ("--knn-k",), "KNN k (default: 50 on CIFAR, 1000 on ImageNet)", positive_int),
+        Param(
+            "fraction", ("--knn-fraction",), "KNN: share of training features used (default 1)", fraction_arg
+        ),
+    )
+    defaults = {"imagenet": {"k": 1000}}
+    fit_params = ("fraction", "seed")
 
     def __init__(self, k: int = 50, fraction: float = 1.0, seed: int = 0, block: int = 1024):
         if k < 1:
@@ -35,21 +46,25 @@ class KNN(Detector):
         self.seed = seed
         self.block = block
 
-    def fit(self, fc, stats: TrainStats | None = None) -> KNN:
-        super().fit(fc, stats)
-        features = stats.get("train_features")
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"k": (1, 5, 10, 20, 50, 100, 200)}
+
+    def fit(self, fc, train_features) -> KNN:
+        super().fit(fc)
+        features = train_features
         n = len(features)
         if self.fraction < 1:
             keep = np.sort(
                 np.random.default_rng(self.seed).choice(n, max(1, round(self.fraction * n)), False)
             )
             features = np.asarray(features)[keep]
-        if len(features) < self.k:
-            raise ValueError(f"KNN k = {self.k} exceeds the {len(features)} training features")
         self.bank_ = normalise(torch.from_numpy(np.array(features, dtype=np.float32)))
         return self
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.bank_) < self.k:
+            raise ValueError(f"KNN k = {self.k} exceeds the {len(self.bank_)} training features")
         z = normalise(h.float())
         out = []
         for start in range(0, len(z), self.block):

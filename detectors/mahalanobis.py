@@ -7,6 +7,10 @@ EmpiricalCovariance). Score = -min_c (h - mu_c)^T Sigma^+ (h - mu_c) with Sigma^
 pseudo-inverse. Penultimate layer only: no input preprocessing and no feature ensemble (the
 paper's full method adds both, which need the network). Predictions (ID accuracy) are the
 classifier's own argmax of W h + b.
+
+Numerical choices that matter: the class means and the covariance are accumulated in float64
+and the covariance is not regularised (no ridge): the pseudo-inverse is taken as it is. The
+features are read in row blocks (memory-mapped training features are never copied whole).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Detector, TrainStats
+from util.io import row_blocks
+
+from .base import Detector
 
 
 def class_means_and_tied_precision(features, labels, num_classes: int, chunk: int = 8192):
@@ -25,28 +31,23 @@ def class_means_and_tied_precision(features, labels, num_classes: int, chunk: in
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     if counts.size != num_classes or np.any(counts == 0):
         raise ValueError(f"Mahalanobis needs training features of all {num_classes} classes")
-    for start in range(0, len(labels), chunk):
-        np.add.at(
-            sums, labels[start : start + chunk], np.asarray(features[start : start + chunk], np.float64)
-        )
+    for start, block in zip(range(0, len(labels), chunk), row_blocks(features, chunk)):
+        np.add.at(sums, labels[start : start + chunk], block.astype(np.float64))
     means = sums / counts[:, None]
     scatter = np.zeros((d, d))
-    for start in range(0, len(labels), chunk):
-        centred = (
-            np.asarray(features[start : start + chunk], np.float64) - means[labels[start : start + chunk]]
-        )
+    for start, block in zip(range(0, len(labels), chunk), row_blocks(features, chunk)):
+        centred = block.astype(np.float64) - means[labels[start : start + chunk]]
         scatter += centred.T @ centred
     return means, np.linalg.pinv(scatter / len(labels), hermitian=True)
 
 
 class Mahalanobis(Detector):
     name = "mahalanobis"
+    paper = "Lee et al., NeurIPS 2018 (penultimate layer only)"
 
-    def fit(self, fc, stats: TrainStats | None = None) -> Mahalanobis:
-        super().fit(fc, stats)
-        features = stats.get("train_features")
-        labels = stats.get("train_labels")
-        means, precision = class_means_and_tied_precision(features, labels, self.fc_.out_features)
+    def fit(self, fc, train_features, train_labels) -> Mahalanobis:
+        super().fit(fc)
+        means, precision = class_means_and_tied_precision(train_features, train_labels, self.fc_.out_features)
         self.means_ = torch.from_numpy(means)
         self.precision_ = torch.from_numpy(precision)
         return self

@@ -1,14 +1,20 @@
-"""ODIN (Liang, Li & Srikant, ICLR 2018): temperature scaling plus input perturbation.
+"""ODIN (Liang, Li & Srikant, "Enhancing The Reliability of Out-of-distribution Image Detection in
+Neural Networks", ICLR 2018): temperature scaling plus input perturbation.
 
 x~ = x - eps * sign(-d log S_y^(T)(x) / dx) / std (per channel, eps in pixel units), with
-y = argmax and S^(T) = softmax(logits / T); score = max_c S^(T)(x~)_c. Needs input gradients,
-so it runs the network on images instead of cached features.
+y = argmax and S^(T) = softmax(logits / T); score = max_c S^(T)(x~)_c. It needs input gradients,
+so it runs the network on the images instead of reading cached features (a network-level
+detector). Defaults: T = 1000, eps = 0.0014 (the DICE code's CIFAR setting).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from util.argtypes import nonnegative_float, positive_float
+
+from .base import NetworkDetector, Param
 
 
 def odin_scores(
@@ -17,7 +23,7 @@ def odin_scores(
     temperature: float = 1000.0,
     epsilon: float = 0.0014,
     std=(0.2023, 0.1994, 0.2010),
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ODIN scores (B,) and the logits of the perturbed images (B, C) for one batch."""
     with torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
@@ -29,3 +35,25 @@ def odin_scores(
     with torch.inference_mode():
         out = model(x_tilde)
         return torch.softmax(out.double() / temperature, dim=1).max(dim=1).values, out
+
+
+class ODIN(NetworkDetector):
+    name = "odin"
+    paper = "Liang et al., ICLR 2018"
+    params = (
+        Param("temperature", ("--temperature",), "ODIN temperature T (default 1000)", positive_float),
+        Param(
+            "noise", ("--noise",), "ODIN input perturbation magnitude eps (default 0.0014)", nonnegative_float
+        ),
+    )
+
+    def __init__(self, temperature: float = 1000.0, noise: float = 0.0014):
+        self.temperature = temperature
+        self.noise = noise
+
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"temperature": (1.0, 10.0, 100.0, 1000.0), "noise": (0.0, 0.0007, 0.0014, 0.0028)}
+
+    def score_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return odin_scores(self.model_, images, self.temperature, self.noise, self.input_std_)

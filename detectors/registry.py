@@ -1,112 +1,106 @@
-"""Command-line construction of the post-hoc baselines and of LINe's ablation variants.
+"""The one list of detectors. Every name the command line, the sweep, the results table and the
+demos know comes from here.
 
-``ood_eval.py`` keeps its own resolution of the original methods (energy, msp, react, dice, line,
-odin); this module adds the baselines of the later literature, their flags (defaults from each
-paper), and the names of LINe ablation variants: ``line`` is AC + AP + WP, ``line_<parts>`` keeps
-only the listed parts (e.g. ``line_ac_wp``: clipping and weight pruning, no activation pruning),
-``line_none`` is plain energy with the same code path.
+Adding a detector: one module defining a ``Detector`` subclass (name, paper, params, defaults,
+search space, ``fit`` with the statistics it needs, the score) and one line in ``DETECTORS``.
+The order of ``DETECTORS`` is the order of the results table.
 """
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
-from util.cli import parsed_number, positive_int
+from util.argtypes import closest_name
+from util.errors import UserError
 
 from .ash import ASH
+from .base import Detector, Param, init_params
+from .dice import DICE
+from .energy import Energy
 from .gradnorm import GradNorm
 from .knn import KNN
+from .line import LINe
 from .mahalanobis import Mahalanobis
+from .msp import MSP
+from .odin import ODIN
+from .react import ReAct
 from .scale import SCALE
 from .vim import ViM
 
-BASELINE_METHODS = ("ash_p", "ash_b", "ash_s", "scale", "mahalanobis", "knn", "vim", "gradnorm")
-LINE_PARTS = ("ac", "ap", "wp")
+DETECTORS: tuple[type[Detector], ...] = (
+    MSP,
+    ODIN,
+    Energy,
+    ReAct,
+    DICE,
+    ASH,
+    SCALE,
+    GradNorm,
+    Mahalanobis,
+    KNN,
+    ViM,
+    LINe,
+)
 
 
-def _fraction(text: str) -> float:
-    value = parsed_number(text, float, "a fraction in (0, 1]")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 1]")
-    return value
+def method_names() -> list[str]:
+    """Every method name (variants included, aliases not), in table order."""
+    return [name for cls in DETECTORS for name in cls.variants()]
 
 
-def _percentile(text: str) -> float:
-    """ASH / SCALE percentile: [0, 100) (at 100 nothing would be kept)."""
-    value = parsed_number(text, float, "a percentile in [0, 100]")
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"{value:g} is outside [0, 100)")
-    return value
+def aliases() -> dict[str, str]:
+    """Alias -> canonical method name (``taylor`` -> ``line``)."""
+    return {alias: cls.name for cls in DETECTORS for alias in cls.aliases}
 
 
-def add_baseline_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of the baselines and of the LINe ablation."""
-    g = parser.add_argument_group("baselines (defaults from each paper)")
-    g.add_argument(
-        "--ash-percentile",
-        type=_percentile,
-        default=None,
-        help="ASH pruning percentile p (default: 90 for ash_p and ash_b, 95 for ash_s)",
-    )
-    g.add_argument(
-        "--scale-percentile", type=_percentile, default=85.0, help="SCALE percentile p (default 85)"
-    )
-    g.add_argument(
-        "--knn-k", type=positive_int, default=None, help="KNN k (default: 50 on CIFAR, 1000 otherwise)"
-    )
-    g.add_argument(
-        "--knn-fraction", type=_fraction, default=1.0, help="KNN: share of training features used (default 1)"
-    )
-    g.add_argument(
-        "--vim-dim",
-        type=int,
-        default=None,
-        help="ViM principal-space dimension (default: 1000 if D >= 2048, 512 if D >= 768, else D // 2)",
-    )
-    g.add_argument(
-        "--gradnorm-temperature", type=float, default=1.0, help="GradNorm temperature T (default 1)"
-    )
-    a = parser.add_argument_group("LINe ablation (the paper's AC / AP / WP table)")
-    a.add_argument("--no-clip", action="store_true", help="LINe without activation clipping (AC)")
-    a.add_argument("--no-ap", action="store_true", help="LINe without activation pruning (AP)")
-    a.add_argument("--no-wp", action="store_true", help="LINe without weight pruning (WP)")
+def lookup(name: str) -> tuple[type[Detector], dict[str, Any]]:
+    """(detector class, the parameters the name fixes) of a method name or alias."""
+    name = aliases().get(name, name)
+    for cls in DETECTORS:
+        variant = cls.canonical(name)
+        if variant is not None:
+            return cls, dict(cls.variants()[variant])
+    valid = method_names() + list(aliases())
+    close = closest_name(name, valid)
+    hint = f"; did you mean {close!r}?" if close else ""
+    raise UserError(f"unknown method {name!r}: choose from {', '.join(valid)}{hint}")
 
 
-def make_baseline(method: str, args: argparse.Namespace, in_dataset: str):
-    """The detector for a name in BASELINE_METHODS, configured from the flags."""
-    if method.startswith("ash_"):
-        return ASH(method[-1], args.ash_percentile)
-    if method == "scale":
-        return SCALE(args.scale_percentile)
-    if method == "mahalanobis":
-        return Mahalanobis()
-    if method == "knn":
-        k = args.knn_k if args.knn_k is not None else (50 if in_dataset.startswith("CIFAR") else 1000)
-        return KNN(k=k, fraction=args.knn_fraction)
-    if method == "vim":
-        return ViM(dim=args.vim_dim)
-    if method == "gradnorm":
-        return GradNorm(args.gradnorm_temperature)
-    raise ValueError(f"unknown baseline {method!r}; expected one of {', '.join(BASELINE_METHODS)}")
+def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> Detector:
+    """The detector ``name`` for ``in_dataset``: its own defaults, then the papers' setting for the
+    dataset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values."""
+    cls, fixed = lookup(name)
+    accepted = set(init_params(cls))
+    given = dict(given or {})
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise UserError(
+            f"{name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
+        )
+    return cls(**{**cls.defaults_for(in_dataset), **fixed, **given})
 
 
-def line_parts(name: str) -> tuple[bool, bool, bool] | None:
-    """(AC, AP, WP) switches of a LINe ablation name (``line``, ``line_ac_ap``, ``line_none``), else None."""
-    if name in ("line", "taylor"):
-        return True, True, True
-    if not name.startswith("line_"):
-        return None
-    parts = name[len("line_") :].split("_")
-    if parts == ["none"]:
-        return False, False, False
-    if not parts or any(p not in LINE_PARTS for p in parts) or len(set(parts)) != len(parts):
-        return None
-    return tuple(p in parts for p in LINE_PARTS)
+def order_key(method: str) -> tuple[int, int]:
+    """Sort key of a method name in table order (unknown names last)."""
+    names = method_names()
+    return (names.index(method), 0) if method in names else (len(names), 0)
 
 
-def line_name(ac: bool, ap: bool, wp: bool) -> str:
-    """Canonical method name of a LINe variant: ``line`` with all parts, else ``line_<parts>``."""
-    parts = [p for p, on in zip(LINE_PARTS, (ac, ap, wp)) if on]
-    if len(parts) == 3:
-        return "line"
-    return "line_" + ("_".join(parts) if parts else "none")
+def paper_of(method: str) -> str:
+    """The citation of a method name (a variant cites its detector's paper)."""
+    try:
+        return lookup(method)[0].paper
+    except UserError:
+        return ""
+
+
+def all_params() -> list[tuple[Param, list[str]]]:
+    """Each distinct hyperparameter spec, with the names of the detectors that take it."""
+    out: dict[tuple, tuple[Param, list[str]]] = {}
+    for cls in DETECTORS:
+        for param in cls.params:
+            key = param.flags
+            if key in out and out[key][0].name != param.name:
+                raise ValueError(f"flag {key[0]} names two parameters: {out[key][0].name}, {param.name}")
+            out.setdefault(key, (param, []))[1].append(cls.name)
+    return list(out.values())

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from util.argtypes import open_percentile_arg
+
 from .ash import sum_ratio, top_k_mask
-from .base import Detector
+from .base import Detector, Param
 
 
 def scale(h: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -24,9 +26,17 @@ def scale(h: torch.Tensor, percentile: float) -> torch.Tensor:
 
 class SCALE(Detector):
     name = "scale"
+    paper = "Xu et al., ICLR 2024"
+    params = (
+        Param("percentile", ("--scale-percentile",), "SCALE percentile p (default 85)", open_percentile_arg),
+    )
 
     def __init__(self, percentile: float = 85.0):
         self.percentile = float(percentile)
+
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"percentile": (60.0, 65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc_(scale(h, self.percentile))

@@ -9,6 +9,11 @@ logit_c(h_i) / mean_i r(h_i) over the training set. Score = logsumexp(W h + b) -
 (the paper's -(alpha r - energy)). Principal dimension: the authors use 1000 for D >= 2048 and
 512 for D >= 768; for smaller D (DenseNet-101 has D = 342) no setting is given, so the default
 here is D // 2 (171), the rule later ViM code applies below 768.
+
+Numerical choices that matter: the second-moment matrix, its eigendecomposition, u and alpha
+are computed in float64 with no regularisation; with float32 (as some libraries do) the
+eigenvalues around the cut can swap order when they are closer than float32 resolves. The
+features are read in row blocks (memory-mapped training features are never copied whole).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Detector, TrainStats
+from util.argtypes import positive_int
+from util.io import row_blocks
+
+from .base import Detector, Param
 
 
 def default_principal_dim(feature_dim: int) -> int:
@@ -29,31 +37,44 @@ def default_principal_dim(feature_dim: int) -> int:
 
 class ViM(Detector):
     name = "vim"
+    paper = "Wang et al., CVPR 2022"
+    params = (
+        Param(
+            "dim",
+            ("--vim-dim",),
+            "ViM principal-space dimension (default: 1000 if D >= 2048, 512 if D >= 768, else D // 2)",
+            positive_int,
+        ),
+    )
 
     def __init__(self, dim: int | None = None):
         self.dim = dim
 
-    def fit(self, fc, stats: TrainStats | None = None, chunk: int = 8192) -> ViM:
-        super().fit(fc, stats)
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"dim": tuple(sorted({max(1, feature_dim * k // 8) for k in (1, 2, 4, 6)}))}
+
+    def fit(self, fc, train_features, chunk: int = 8192) -> ViM:
+        super().fit(fc)
         weight = self.fc_.weight.detach().double().numpy()
         bias = self.fc_.bias.detach().double().numpy() if self.fc_.bias is not None else np.zeros(len(weight))
         d = weight.shape[1]
         dim = default_principal_dim(d) if self.dim is None else int(self.dim)
         if not 0 <= dim < d:
             raise ValueError(f"ViM principal dimension must be in [0, {d - 1}] for D = {d}, got {dim}")
-        self.dim = dim
+        self.dim_ = dim
         origin = -np.linalg.pinv(weight) @ bias
-        features = stats.get("train_features")
+        features = train_features
         n = len(features)
         second = np.zeros((d, d))
-        for start in range(0, n, chunk):
-            x = np.asarray(features[start : start + chunk], np.float64) - origin
+        for block in row_blocks(features, chunk):
+            x = block.astype(np.float64) - origin
             second += x.T @ x
         eigvals, eigvecs = np.linalg.eigh(second / n)
         residual_basis = eigvecs[:, np.argsort(-eigvals)[dim:]]
         max_logit, residual = 0.0, 0.0
-        for start in range(0, n, chunk):
-            h = np.asarray(features[start : start + chunk], np.float64)
+        for block in row_blocks(features, chunk):
+            h = block.astype(np.float64)
             max_logit += (h @ weight.T + bias).max(axis=1).sum()
             residual += np.linalg.norm((h - origin) @ residual_basis, axis=1).sum()
         self.origin_ = torch.from_numpy(origin)

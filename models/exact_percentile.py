@@ -18,7 +18,12 @@ without touching all C*D entries of each class:
    back to the full product.
 3. Interpolation. numpy >= 1.22's "linear" method: virtual index v = (n - 1) * (p / 100),
    gamma = v - floor(v), lerp(a, b, gamma) = a + (b - a) * gamma, or b - (b - a) * (1 - gamma)
-   when gamma >= 0.5 (``linear_percentile_from_order_statistics``).
+   when gamma >= 0.5 (``lerp``).
+
+``array_percentile`` is the same exact value for one large float32 array read in row blocks
+(ReAct's threshold over every ID training activation, 2.6e9 values at ImageNet scale): two
+counting passes over order-preserving integer keys find the two order statistics, with no
+float64 copy and no sort of the whole array.
 
 The by-product ``cutoffs[c, j]`` = #{k: fl(a_cj * W[k, j]) <= t_c} describes class c's mask
 exactly: (k, j) is kept (R_c[k, j] > t_c) iff ``column_rank[k, j] >= cutoffs[c, j]``, where
@@ -59,8 +64,66 @@ def lerp(a: float, b: float, gamma: float) -> float:
     return float(a + diff * gamma)
 
 
-def linear_percentile_from_order_statistics(values_k0: float, values_k1: float, gamma: float) -> float:
-    return lerp(values_k0, values_k1, gamma)
+_KEY_TYPES = {32: (np.float32, np.uint32), 64: (np.float64, np.uint64)}
+
+
+def _sortable_keys(block: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned keys whose order is the float order: the sign bit flipped for x >= 0, every bit
+    flipped for x < 0 (float16 is widened to float32 exactly). NaNs fall outside [-inf, inf]."""
+    float_type, uint_type = _KEY_TYPES[bits]
+    raw = np.ascontiguousarray(block, dtype=float_type).view(uint_type).ravel()
+    sign = uint_type(bits - 1)
+    flip = (raw >> sign) * uint_type(2 ** (bits - 1) - 1) | uint_type(2 ** (bits - 1))
+    return raw ^ flip
+
+
+def _float_of_key(key: int, bits: int) -> float:
+    float_type, uint_type = _KEY_TYPES[bits]
+    top = 1 << (bits - 1)
+    raw = key ^ top if key & top else key ^ ((1 << bits) - 1)
+    return float(np.array([raw], dtype=uint_type).view(float_type)[0])
+
+
+def array_percentile(blocks, n: int, p: float, dtype=np.float32) -> float:
+    """numpy.percentile(all values as float64, p) exactly, from blocks of ``dtype`` values.
+
+    ``blocks()`` returns a fresh iterator over the array's blocks (any shapes; ``n`` values in
+    all). A radix selection on order-preserving integer keys: each pass counts the next 16 bits
+    of the keys that share the prefix found so far, for the two order statistics numpy
+    interpolates between (2 passes for float32 and float16, 4 for float64). Their float values
+    are exact, so the result is numpy's lerp of the same two values; nothing is sorted or copied
+    whole. Any NaN gives NaN, as in numpy.
+    """
+    if n == 0:
+        raise ValueError("percentile of an empty array")
+    bits = 64 if np.dtype(dtype) == np.float64 else 32
+    inf_keys = _sortable_keys(np.array([-np.inf, np.inf]), bits)
+    k0, k1, gamma = percentile_positions(n, p)
+    found = {k: (0, k) for k in (k0, k1)}  # order statistic -> (key prefix, rank among that prefix)
+    for level in range(bits // 16):
+        shift = bits - 16 * (level + 1)
+        counts = {prefix: np.zeros(1 << 16, dtype=np.int64) for prefix, _ in found.values()}
+        seen = nans = 0
+        for block in blocks():
+            keys = _sortable_keys(block, bits)
+            digits = (keys >> keys.dtype.type(shift)) & keys.dtype.type(0xFFFF)
+            if level == 0:
+                seen += keys.size
+                nans += int(np.count_nonzero((keys < inf_keys[0]) | (keys > inf_keys[1])))
+                counts[0] += np.bincount(digits, minlength=1 << 16)
+                continue
+            top = keys >> keys.dtype.type(shift + 16)
+            for prefix, c in counts.items():
+                c += np.bincount(digits[top == keys.dtype.type(prefix)], minlength=1 << 16)
+        if level == 0 and seen != n:
+            raise ValueError(f"the blocks hold {seen} values, expected {n}")
+        if level == 0 and nans:
+            return float("nan")
+        for k, (prefix, rank) in found.items():
+            starts = np.concatenate([[0], np.cumsum(counts[prefix])])
+            digit = int(np.searchsorted(starts, rank, side="right") - 1)
+            found[k] = ((prefix << 16) | digit, rank - int(starts[digit]))
+    return lerp(_float_of_key(found[k0][0], bits), _float_of_key(found[k1][0], bits), gamma)
 
 
 class ColumnSorted:

@@ -64,17 +64,31 @@ class RouteLINe(nn.Module):
         t_c = percentile(R_c, p_w) over all C*D entries.
     forward(h'): c^ = argmax(W h' + b); logits = (W * WP_{c^}) (h' * AP_{c^}) + b.
 
-    State is O(C*D): the AP masks, |Cm|, one threshold t_c per class, and two integer (C, D)
-    arrays that describe every WP mask exactly (``models.exact_percentile``): the rank of each
-    weight within its column and, per class and column, how many entries of that column of R_c
-    are <= t_c. A class's weight mask is built only for the samples predicted as that class; no
-    (C, C, D) tensor exists. t_c equals numpy.percentile(R_c, p_w) bit for bit.
+    The paper's ablations are masks of this one layer: ``activation_pruning=False`` makes every
+    AP mask all-true, ``weight_pruning=False`` cuts no weight (every cutoff 0). With both off the
+    layer is the plain head W h' + b.
+
+    State is O(C*D): the AP masks, one threshold t_c per class, and two integer (C, D) arrays that
+    describe every WP mask exactly (``models.exact_percentile``): the rank of each weight within
+    its column and, per class and column, how many entries of that column of R_c are <= t_c. A
+    class's masked weight is built only for the samples predicted as that class; no (C, C, D)
+    tensor exists. t_c equals numpy.percentile(R_c, p_w) bit for bit.
     """
 
-    def __init__(self, fc: nn.Linear, contrib, p_w: float, p_a: float):
+    def __init__(
+        self,
+        fc: nn.Linear,
+        contrib,
+        p_w: float,
+        p_a: float,
+        activation_pruning: bool = True,
+        weight_pruning: bool = True,
+    ):
         super().__init__()
         self.p_w = _check_percentile("p_w", p_w)
         self.p_a = _check_percentile("p_a", p_a)
+        self.activation_pruning = bool(activation_pruning)
+        self.weight_pruning = bool(weight_pruning)
         weight64 = _as_float64(fc.weight)
         contrib = _as_float64(contrib)
         if contrib.shape != weight64.shape:
@@ -82,56 +96,111 @@ class RouteLINe(nn.Module):
                 f"contributions have shape {contrib.shape}, expected (classes, features) = "
                 f"{weight64.shape} for this classifier"
             )
-        ap_mask = contrib > np.percentile(contrib, self.p_a, axis=1, keepdims=True)
-        abs_contrib = np.abs(contrib)
         columns = ColumnSorted(weight64)
-        thresholds, cutoffs = columns.percentiles(abs_contrib, self.p_w)
+        if self.activation_pruning:
+            ap_mask = contrib > np.percentile(contrib, self.p_a, axis=1, keepdims=True)
+        else:
+            ap_mask = np.ones(contrib.shape, dtype=bool)
+        if self.weight_pruning:
+            thresholds, cutoffs = columns.percentiles(np.abs(contrib), self.p_w)
+        else:
+            thresholds = np.full(len(contrib), -np.inf)
+            cutoffs = np.zeros(contrib.shape, dtype=columns.column_rank.dtype)
         device = fc.weight.device  # all state lives where fc does
         self.register_buffer("weight", fc.weight.detach().clone())
         self.register_buffer("bias", _bias_of(fc))
-        self.register_buffer("abs_contrib", torch.from_numpy(abs_contrib).to(device))
         self.register_buffer("wp_threshold", torch.from_numpy(thresholds).to(device))
         self.register_buffer("wp_rank", torch.from_numpy(columns.column_rank).to(device))
         self.register_buffer("wp_cutoff", torch.from_numpy(cutoffs).to(device))
         self.register_buffer("ap_mask", torch.from_numpy(ap_mask).to(device))
 
+    @property
+    def prunes(self) -> bool:
+        """Whether any mask removes anything (else the layer is W h' + b)."""
+        return self.activation_pruning or self.weight_pruning
+
     def weight_mask(self, c: int) -> torch.Tensor:
         """WP mask of class c, shape (C, D): R_c > t_c, i.e. column rank >= the class's cutoff."""
         return self.wp_rank >= self.wp_cutoff[c]
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Rows are sorted by predicted class; each class's masked weight is built once per call.
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        """c^ = argmax(W h' + b) with the full, unmasked weights."""
+        return F.linear(h, self.weight, self.bias).argmax(dim=1)
 
-        The AP mask is folded into the weight (column j of class c's weight is zeroed where
-        AP_c[j] is false), which multiplies the same products as masking h. Without autograd one
-        pair of (C, D) buffers is reused for every class; when h requires grad each class gets its
-        own masked weight, since autograd keeps it for the backward pass.
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Rows grouped by predicted class; each class's masked weight is built once per call.
+
+        Without autograd one pair of (C, D) buffers is reused for every class; when h requires
+        grad each class gets its own masked weight, since autograd keeps it for the backward pass.
         """
-        if h.requires_grad:
-            return self._forward_differentiable(h)
-        pred = self.predict(h)
+        if not self.prunes:
+            return F.linear(h, self.weight, self.bias)
+        pred = self.predict(h.detach())
         order = torch.argsort(pred, stable=True)
         classes, counts = torch.unique_consecutive(pred[order], return_counts=True)
+        reuse = not h.requires_grad
+        mask = torch.empty(self.weight.shape, dtype=torch.bool, device=self.weight.device) if reuse else None
+        weight = torch.empty_like(self.weight) if reuse else None
         out = torch.empty(h.shape[0], self.weight.shape[0], dtype=h.dtype, device=h.device)
-        rows_buf = h.new_empty(int(counts.max()) if len(counts) else 0, h.shape[1])
-        mask = torch.empty(self.weight.shape, dtype=torch.bool, device=self.weight.device)
-        weight = torch.empty_like(self.weight)
         start = 0
         for c, n in zip(classes.tolist(), counts.tolist()):
             rows = order[start : start + n]
             start += n
-            self.masked_weight(c, mask, weight)
-            x = torch.index_select(h, 0, rows, out=rows_buf[:n])
-            out.index_copy_(0, rows, self.linear(x, weight))
+            logits = self.linear(h[rows], self.masked_weight(c, mask, weight))
+            out = out.index_copy_(0, rows, logits) if reuse else out.index_copy(0, rows, logits)
         return out
 
-    def _forward_differentiable(self, h: torch.Tensor) -> torch.Tensor:
-        pred = self.predict(h.detach())
-        out = torch.empty(h.shape[0], self.weight.shape[0], dtype=h.dtype, device=h.device)
-        for c in torch.unique(pred).tolist():
-            rows = (pred == c).nonzero(as_tuple=True)[0]
-            out = out.index_copy(0, rows, F.linear(h[rows], self.masked_weight(c), self.bias))
-        return out
+    def score_array(self, features: np.ndarray, tau: float, score_logits, chunk: int):
+        """(scores, predictions) of a whole (N, D) array of unclipped features, h' = min(h, tau).
+
+        Pass 1 finds c^ for every row; pass 2 scores the rows of each class together (``chunk``
+        rows at a time), so each class's masked weight is built once whatever N is. The logits
+        equal ``forward``'s; ``score_logits`` turns a block of them into scores.
+        """
+        if self.weight.device.type != "cpu":
+            raise ValueError(
+                f"LINe scores cached (numpy) features on the CPU, but its layer is on "
+                f"{self.weight.device}; keep the fitted detector on the CPU, or call the layer on "
+                "feature batches of that device yourself"
+            )
+        n = len(features)
+        n_classes, dim = self.weight.shape
+        c_hat = np.empty(n, dtype=np.int64)
+        scores, preds = np.empty(n), np.empty(n, dtype=np.int64)
+        rows_buf = np.empty((min(chunk, n), dim), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, n, chunk):
+                h = _clipped(features[s : s + chunk], tau, rows_buf)
+                c_hat[s : s + chunk] = self.predict(torch.from_numpy(h)).numpy()
+            order = np.argsort(c_hat, kind="stable")  # rows of one class stay in dataset order
+            starts = np.flatnonzero(np.r_[True, np.diff(c_hat[order]) != 0])
+            mask = torch.empty(self.weight.shape, dtype=torch.bool)
+            weight = torch.empty_like(self.weight)
+            # Masked logits of several small class groups, transposed: column i is one row's
+            # (C,) logits; scored together once `chunk` columns are filled.
+            logits_t = torch.empty(n_classes, min(chunk, n), dtype=self.weight.dtype)
+            done = np.empty(min(chunk, n), dtype=np.int64)
+            filled = 0
+
+            def flush():
+                z = logits_t[:, :filled].T
+                scores[done[:filled]] = score_logits(z).double().numpy()
+                preds[done[:filled]] = z.argmax(dim=1).numpy()
+
+            for a, b in zip(starts, np.r_[starts[1:], n]):
+                weight = self.masked_weight(int(c_hat[order[a]]), mask, weight)
+                for s in range(a, b, chunk):
+                    rows = order[s : min(s + chunk, b)]
+                    if filled + len(rows) > logits_t.shape[1]:
+                        flush()
+                        filled = 0
+                    h = _clipped(features[rows], tau, rows_buf)
+                    self.linear_t(torch.from_numpy(h), weight, logits_t[:, filled : filled + len(rows)])
+                    done[filled : filled + len(rows)] = rows
+                    filled += len(rows)
+            if filled:
+                flush()
+        return scores, preds
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x weight^T + b for one class's rows x (n, D) and masked weight (C, D).
@@ -149,10 +218,6 @@ class RouteLINe(nn.Module):
         np.matmul(weight.numpy(), x.numpy().T, out=z)
         z += self.bias.numpy()[:, None]
         return out
-
-    def predict(self, h: torch.Tensor) -> torch.Tensor:
-        """c^ = argmax(W h' + b) with the full, unmasked weights."""
-        return F.linear(h, self.weight, self.bias).argmax(dim=1)
 
     def masked_weight(self, c: int, mask: torch.Tensor | None = None, out: torch.Tensor | None = None):
         """W * WP_c * AP_c[None, :] (C, D), written into the preallocated buffers when given.
@@ -173,6 +238,13 @@ class RouteLINe(nn.Module):
             torch.ge(self.wp_rank, cutoff, out=mask)
             torch.mul(self.weight, mask, out=out)
         return out
+
+
+def _clipped(features: np.ndarray, tau: float, buf: np.ndarray) -> np.ndarray:
+    """min(features, tau) as float32, written into the first rows of ``buf`` (no other copy)."""
+    out = buf[: len(features)]
+    np.minimum(features, np.float32(tau), out=out, casting="same_kind")
+    return out
 
 
 def _bias_of(fc: nn.Linear) -> torch.Tensor:

@@ -19,31 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detectors.registry import line_parts  # noqa: E402
+from detectors.line import line_parts  # noqa: E402
+from detectors.registry import order_key, paper_of  # noqa: E402
 from util.errors import UserError  # noqa: E402
 from util.io import atomic_write_text  # noqa: E402
+from util.runtime import run_cli  # noqa: E402
 
-ORDER = [
-    "msp", "odin", "energy", "react", "dice", "dice_react", "ash_p", "ash_b", "ash_s", "scale",
-    "gradnorm", "mahalanobis", "knn", "vim", "line",
-]  # fmt: skip
-PAPERS = {
-    "msp": "Hendrycks & Gimpel, ICLR 2017",
-    "odin": "Liang et al., ICLR 2018",
-    "energy": "Liu et al., NeurIPS 2020",
-    "react": "Sun et al., NeurIPS 2021",
-    "dice": "Sun & Li, ECCV 2022",
-    "dice_react": "Sun & Li, ECCV 2022",
-    "ash_p": "Djurisic et al., ICLR 2023",
-    "ash_b": "Djurisic et al., ICLR 2023",
-    "ash_s": "Djurisic et al., ICLR 2023",
-    "scale": "Xu et al., ICLR 2024",
-    "gradnorm": "Huang et al., NeurIPS 2021",
-    "mahalanobis": "Lee et al., NeurIPS 2018 (penultimate layer only)",
-    "knn": "Sun et al., ICML 2022",
-    "vim": "Wang et al., CVPR 2022",
-    "line": "Ahn et al., CVPR 2023",
-}
 JPEG_NOTE = """\
 **About the data.** The CIFAR-10 images in `../shared/data/CIFAR-10` are JPEG copies of the
 original (lossless) CIFAR-10 images, read as an image folder; their quantisation tables are the
@@ -75,10 +56,13 @@ def load_results(base_dir: Path, in_dataset: str, name: str) -> dict[str, dict]:
 
 
 def method_order(methods) -> list[str]:
+    """The registry's order; DICE+ReAct after DICE, LINe ablations by how many parts they keep."""
+
     def key(m):
-        if line_parts(m) is not None:
-            return (len(ORDER), -sum(line_parts(m)), m)
-        return (ORDER.index(m) if m in ORDER else len(ORDER) - 1, 0, m)
+        if m == "dice_react":
+            return (*order_key("dice"), 1, m)
+        parts = line_parts(m)
+        return (*order_key(m), -sum(parts) if parts else 0, m)
 
     return sorted(methods, key=key)
 
@@ -128,17 +112,16 @@ def settings_lines(results: dict[str, dict]) -> list[str]:
     for method in method_order(results):
         detector = results[method]["settings"].get("detector", {})
         text = ", ".join(f"{k}={v}" for k, v in detector.items()) or "no parameters"
-        lines.append(
-            f"- `{method}` ({PAPERS.get(method, PAPERS['line'] if line_parts(method) else '')}): {text}"
-        )
+        paper = paper_of("dice" if method == "dice_react" else method)
+        lines.append(f"- `{method}` ({paper}): {text}")
     return lines
 
 
 def regenerate_command(results: dict[str, dict]) -> str:
     """The ood_eval.py command, rebuilt from the settings the results recorded."""
-    runs = {r["settings"].get("methods_run") or r["settings"]["method_flag"] for r in results.values()}
+    runs = [r["settings"]["methods_run"] for r in results.values()]
     s = next(iter(results.values()))["settings"]
-    methods = ",".join(dict.fromkeys(m for run in sorted(runs) for m in run.split(",")))
+    methods = ",".join(dict.fromkeys(m for run in runs for m in run))
     cmd = ["python", "ood_eval.py", "--in-dataset", s["in_dataset"], "--methods", methods]
     for flag, key in (
         ("--data-root", "data_root"),
@@ -258,6 +241,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from util.cli import run_cli
-
     run_cli(main)

@@ -1,4 +1,4 @@
-"""Plain, obviously-correct reference implementations of DESIGN.md, for the tests only.
+"""Plain, obviously-correct reference implementations of the papers' definitions, for the tests only.
 
 Loops over samples and classes, numpy.percentile, float64 everywhere.
 """

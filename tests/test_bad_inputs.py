@@ -24,11 +24,12 @@ from torch import nn
 
 import ood_eval
 import precompute
-from util.cli import run_cli
+from pipeline.report import set_metrics
 from util.data import NoiseImages
 from util.features import FeatureExtractor
 from util.io import sha256_file
 from util.metrics import ood_metrics
+from util.runtime import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PER_CLASS, TEST_PER_CLASS, N_DTD = 3, 2, 4
@@ -362,7 +363,7 @@ def test_degenerate_scores_are_defined_or_refused(env, precomputed, tmp_path, ca
 
     # Non-finite scores: an error naming the set and the count, never "nan" in a table.
     with pytest.raises(Exception, match=r"2 of 5 scores of OOD set dtd are NaN or infinite"):
-        ood_eval._set_metrics({"in": np.arange(4.0), "dtd": np.array([1, np.nan, 2, np.inf, 3])}, "dtd")
+        set_metrics({"in": np.arange(4.0), "dtd": np.array([1, np.nan, 2, np.inf, 3])}, "dtd")
     state = torch.load(env["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
     state["fc.weight"][0] = float("nan")
     nan_ckpt = tmp_path / "nan.pth"
@@ -416,8 +417,9 @@ def test_results_are_reproducible_and_record_their_inputs(env, precomputed, tmp_
     assert settings["files"]["checkpoint"]["sha256"] == sha256_file(env["ckpt"])
     assert settings["files"]["contributions"]["sha256"] == sha256_file(contrib)
     assert settings["files"]["contributions"]["record"]["checkpoint_sha256"] == sha256_file(env["ckpt"])
-    for flag in ("batch_size", "workers", "max_samples", "p_w", "p_a", "clip_threshold", "data_root"):
+    for flag in ("batch_size", "workers", "max_samples", "data_root"):
         assert flag in settings
+    assert {"p_w", "p_a", "clip_threshold"} <= set(settings["detector"])
     assert settings["detector"]["clip_threshold"] == 1.0
 
 

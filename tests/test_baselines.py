@@ -8,9 +8,10 @@ import pytest
 import torch
 from sklearn.covariance import EmpiricalCovariance
 
-from detectors import ASH, KNN, SCALE, GradNorm, LINe, Mahalanobis, ReAct, TrainStats, ViM, score_features
+from detectors import ASH, KNN, SCALE, GradNorm, LINe, Mahalanobis, ReAct, ViM, score_features
 from detectors.gradnorm import gradnorm_network_scores
 from detectors.vim import default_principal_dim
+from models.route import RouteLINe
 
 C, D = 5, 24
 
@@ -39,14 +40,17 @@ def setup():
         0, 1e-3, (60, D)
     ).astype(np.float32)
     contrib = np.array([(train[labels == c] * W[c]).mean(0) for c in range(C)])
-    stats = TrainStats(
-        train_features=lambda: train, train_labels=lambda: labels, contributions=lambda: contrib
-    )
+    stats = dict(train_features=train, train_labels=labels, contributions=contrib)
     return dict(fc=fc, W=W, b=b, train=train, labels=labels, test=test, contrib=contrib, stats=stats)
 
 
+def fitted(detector, s, fc=None):
+    """``detector`` fitted on the head and the statistics its ``fit`` asks for."""
+    return detector.fit(fc if fc is not None else s["fc"], **{k: s["stats"][k] for k in detector.needs()})
+
+
 def scores_of(detector, s):
-    detector.fit(s["fc"], s["stats"])
+    fitted(detector, s)
     return score_features(detector, s["test"], chunk=17)
 
 
@@ -59,7 +63,7 @@ def test_react_clips_at_the_percentile_of_all_training_activations(setup):
     tau = np.percentile(s["train"].astype(np.float64), 85)
     det = ReAct(percentile=85)
     scores, _ = scores_of(det, s)
-    assert det.clip_threshold == pytest.approx(tau)
+    assert det.threshold_ == tau and det.clip_threshold is None  # fit sets only fitted state
     expected = energy_ref([np.minimum(x.astype(np.float64), tau) for x in s["test"]], s["W"], s["b"])
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
@@ -133,7 +137,7 @@ def test_knn_is_minus_the_distance_to_the_kth_normalised_training_neighbour(setu
 
 
 def test_knn_fraction_uses_that_share_of_the_training_set(setup):
-    det = KNN(k=3, fraction=0.25).fit(setup["fc"], setup["stats"])
+    det = fitted(KNN(k=3, fraction=0.25), setup)
     assert det.bank_.shape == (100, D)
 
 
@@ -242,25 +246,35 @@ def test_fitting_a_detector_leaves_the_given_head_where_and_as_it_was(setup, mak
         fc.weight.copy_(setup["fc"].weight)
         fc.bias.copy_(setup["fc"].bias)
     weight = fc.weight
-    detector = make().fit(fc, setup["stats"])
+    detector = fitted(make(), setup, fc)
     assert fc.weight is weight and fc.weight.dtype == torch.float64
     assert detector.fc_ is not fc and detector.fc_.weight.dtype == torch.float32
     torch.testing.assert_close(detector.fc_.weight, fc.weight.float())
 
 
 def test_class_mean_contributions_leave_the_given_head_as_it_was(setup):
-    from util.contributions import class_mean_contributions
+    from detectors.statistics import class_mean_contributions
 
     fc = torch.nn.Linear(D, C).double()
     class_mean_contributions(fc, setup["train"], setup["labels"])
     assert fc.weight.dtype == torch.float64
 
 
-@pytest.mark.parametrize("ap,wp", [(True, False), (False, True)])
-def test_line_ablation_keeps_its_state_in_buffers_that_follow_the_module(setup, ap, wp):
-    det = LINe(p_w=10, p_a=10, activation_pruning=ap, weight_pruning=wp).fit(setup["fc"], setup["stats"])
-    names = {name for name, _ in det.route_.named_buffers()}
-    assert {"weight", "bias"} <= names
-    assert ("ap_mask" in names) == ap and ({"abs_contrib", "weight64"} <= names) == wp
-    moved = det.route_.to(torch.float64)  # .to() reaches every tensor it uses
-    assert moved.weight.dtype == torch.float64 and moved.bias.dtype == torch.float64
+@pytest.mark.parametrize("ap,wp", [(True, False), (False, True), (False, False)])
+def test_line_ablations_are_masks_of_the_one_route_line_layer(setup, ap, wp):
+    """AP off = an all-true AP mask, WP off = no weight cut; the layer is still RouteLINe."""
+    det = fitted(LINe(p_w=10, p_a=10, activation_pruning=ap, weight_pruning=wp), setup)
+    full = fitted(LINe(p_w=10, p_a=10), setup)
+    assert isinstance(det.route_, RouteLINe)
+    if ap:
+        assert torch.equal(det.route_.ap_mask, full.route_.ap_mask)
+    else:
+        assert bool(det.route_.ap_mask.all())
+    for c in range(C):
+        expected = full.route_.weight_mask(c) if wp else torch.ones(C, D, dtype=torch.bool)
+        assert torch.equal(det.route_.weight_mask(c), expected)
+
+
+def test_line_without_clipping_clips_at_infinity(setup):
+    det = LINe(clip_threshold=0.5, activation_clipping=False)
+    assert det.tau == float("inf") and LINe(clip_threshold=0.5).tau == 0.5

@@ -3,13 +3,13 @@
 import numpy as np
 import torch
 
-from models.densenet import DenseNet3
-from util.contributions import (
+from detectors.statistics import (
     ClassMeanAccumulator,
     class_mean_contributions,
     mean_feature,
     taylor_contributions,
 )
+from models.densenet import DenseNet3
 
 
 def small_densenet(num_classes=5, seed=0):

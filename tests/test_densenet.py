@@ -6,7 +6,7 @@ import torch
 
 from models import get_model
 from models.route import RouteDICE
-from util.cli import load_feat_stat
+from pipeline.statistics import load_feat_stat
 
 
 def test_densenet_loads_the_published_checkpoints_strictly_with_weights_only(shared):

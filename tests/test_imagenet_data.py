@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 import ood_eval
-from detectors import TrainStats
 from util.data import id_dataset, id_transform, missing_ood_message, ood_dataset
 from util.errors import UserError
 from util.features import FeatureExtractor
@@ -75,14 +74,11 @@ def test_bit_normalisation_changes_the_transform_and_the_feature_cache_key(image
 
 
 def test_ood_eval_uses_the_imagenet_paper_settings():
-    parser = ood_eval.build_parser()
-    line_args = parser.parse_args(
-        ["--in-dataset", "imagenet", "--model-arch", "resnet50", "--method", "taylor"]
-    )
-    _, line = ood_eval.resolve_detector(line_args, TrainStats())
+    flags = ["--in-dataset", "imagenet", "--model-arch", "resnet50", "--method", "taylor"]
+    config = ood_eval.config_from_flags(flags)
+    line = config.detectors[0].detector
     assert (line.p_w, line.p_a, line.clip_threshold) == (10.0, 10.0, 0.8)
-    dice_args = parser.parse_args(["--in-dataset", "imagenet", "--method", "dice"])
-    _, dice = ood_eval.resolve_detector(dice_args, TrainStats())
+    dice = ood_eval.config_from_flags(["--in-dataset", "imagenet", "--method", "dice"]).detectors[0].detector
     assert dice.p == 70.0
 
 

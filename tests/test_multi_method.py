@@ -10,8 +10,8 @@ import pytest
 
 import ood_eval
 import precompute
+from pipeline.flags import parse_methods
 from util.errors import UserError
-from util.multi_method import parse_methods
 
 PER_CLASS_TRAIN, PER_CLASS_TEST = 3, 2
 METHODS = "energy,line,line_none,line_ac_wp,react,ash_s,scale,mahalanobis,knn,vim,gradnorm"

@@ -6,7 +6,7 @@ import torch
 from reference import dice_logits, energy_scores, line_logits
 from torch import nn
 
-from detectors import DICE, Energy, LINe, ReAct, TrainStats, score_features
+from detectors import DICE, Energy, LINe, ReAct, score_features
 from models.route import RouteDICE, RouteLINe, SparsifiedClassifier
 
 
@@ -72,9 +72,8 @@ def test_line_with_p_zero_and_huge_tau_equals_energy():
     with torch.no_grad():
         fc.weight[:, 0] = -100.0
     h[:, 0] = 0.0
-    stats = TrainStats(contributions=lambda: contrib)
     line_scores, _ = score_features(
-        LINe(p_w=0, p_a=0, clip_threshold=1e9).fit(fc, stats), h.astype(np.float32)
+        LINe(p_w=0, p_a=0, clip_threshold=1e9).fit(fc, contributions=contrib), h.astype(np.float32)
     )
     energy, _ = score_features(Energy().fit(fc), h.astype(np.float32))
     np.testing.assert_allclose(line_scores, energy, rtol=1e-6)
@@ -83,7 +82,7 @@ def test_line_with_p_zero_and_huge_tau_equals_energy():
 
 def test_line_detector_scores_equal_logsumexp_of_reference_logits():
     fc, W, b, h, contrib, _ = make_problem(seed=3)
-    det = LINe(p_w=90, p_a=90, clip_threshold=1.0).fit(fc, TrainStats(contributions=lambda: contrib))
+    det = LINe(p_w=90, p_a=90, clip_threshold=1.0).fit(fc, contributions=contrib)
     got, _ = score_features(det, h.astype(np.float32))
     ref = line_logits(h, W, b, contrib, 90, 90, 1.0)
     np.testing.assert_allclose(got, [np.log(np.exp(r).sum()) for r in ref], rtol=1e-6)
@@ -91,7 +90,7 @@ def test_line_detector_scores_equal_logsumexp_of_reference_logits():
 
 def test_dice_react_scores_equal_the_reference_with_clipping():
     fc, W, b, h, _, m = make_problem(seed=4)
-    det = DICE(p=90, clip_threshold=0.7).fit(fc, TrainStats(mean_feature=lambda: m))
+    det = DICE(p=90, clip_threshold=0.7).fit(fc, mean_feature=m)
     got, _ = score_features(det, h.astype(np.float32))
     ref = dice_logits(h, W, b, m, 90, tau=0.7)
     np.testing.assert_allclose(got, [np.log(np.exp(r).sum()) for r in ref], rtol=1e-6)
@@ -99,8 +98,8 @@ def test_dice_react_scores_equal_the_reference_with_clipping():
 
 def test_react_threshold_is_the_percentile_of_all_training_activations():
     fc, W, b, h, _, _ = make_problem(seed=5)
-    det = ReAct(percentile=90).fit(fc, TrainStats(train_features=lambda: h))
-    assert det.clip_threshold == pytest.approx(np.percentile(h, 90))
+    det = ReAct(percentile=90).fit(fc, train_features=h)
+    assert det.threshold_ == np.percentile(h, 90) and det.clip_threshold is None  # fit sets only state
     got, _ = score_features(det, h.astype(np.float32))
     np.testing.assert_allclose(got, energy_scores(h, W, b, tau=np.percentile(h, 90)), rtol=1e-6)
 
@@ -108,8 +107,8 @@ def test_react_threshold_is_the_percentile_of_all_training_activations():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda fc, c, m: LINe(90, 90, 1.0).fit(fc, TrainStats(contributions=lambda: c)),
-        lambda fc, c, m: DICE(90).fit(fc, TrainStats(mean_feature=lambda: m)),
+        lambda fc, c, m: LINe(90, 90, 1.0).fit(fc, contributions=c),
+        lambda fc, c, m: DICE(90).fit(fc, mean_feature=m),
     ],
 )
 def test_scores_do_not_depend_on_the_chunk_size(make):

@@ -84,12 +84,12 @@ def test_route_line_at_1000_classes_equals_the_plain_reference():
 
 
 def test_whole_array_scoring_equals_chunked_scoring_and_the_reference():
-    from detectors import LINe, TrainStats, score_features
+    from detectors import LINe, score_features
 
     fc, W, b, contrib = make_head(C=1000, D=128, seed=3)
     h = np.maximum(np.random.default_rng(4).normal(0.3, 0.6, (400, 128)), 0).astype(np.float32)
-    det = LINe(p_w=10, p_a=10, clip_threshold=0.8).fit(fc, TrainStats(contributions=lambda: contrib))
-    whole, pred_whole = score_features(det, h)  # default: LINe.score_all, one mask per class
+    det = LINe(p_w=10, p_a=10, clip_threshold=0.8).fit(fc, contributions=contrib)
+    whole, pred_whole = score_features(det, h)  # default: RouteLINe.score_array, one mask per class
     chunked, pred_chunked = score_features(det, h, chunk=64)
     np.testing.assert_allclose(whole, chunked, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(pred_whole, pred_chunked)
@@ -100,12 +100,12 @@ def test_whole_array_scoring_equals_chunked_scoring_and_the_reference():
 @pytest.mark.parametrize("tau", [0.8, None])
 def test_whole_array_scoring_in_small_chunks_of_float16_features_equals_the_reference(tau):
     """Chunks of 7 rows split class groups and fill the logit buffer across groups."""
-    from detectors import LINe, TrainStats
+    from detectors import LINe
 
     fc, W, b, contrib = make_head(C=50, D=96, seed=5)
     h = np.maximum(np.random.default_rng(6).normal(0.3, 0.6, (120, 96)), 0).astype(np.float16)
-    det = LINe(p_w=10, p_a=10, clip_threshold=tau).fit(fc, TrainStats(contributions=lambda: contrib))
-    scores, preds = det.score_all(h, chunk=7)
+    det = LINe(p_w=10, p_a=10, clip_threshold=tau).fit(fc, contributions=contrib)
+    scores, preds = det.route_.score_array(h, det.tau, det.score_logits, chunk=7)
     x = h.astype(np.float64) if tau is None else np.minimum(h.astype(np.float64), tau)
     ref = reference_line_logits(x, W, b, contrib, 10, 10)
     np.testing.assert_allclose(scores, [np.log(np.exp(r).sum()) for r in ref], rtol=1e-6)

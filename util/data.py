@@ -1,4 +1,5 @@
-"""Datasets of DESIGN.md: CIFAR (torchvision format or image folders), OOD sets, noise sets.
+"""The datasets: CIFAR (torchvision format or image folders), ImageNet folders, the papers' OOD
+sets, Fashion-MNIST and synthetic noise sets.
 
 Every dataset here returns ``(image_tensor, label)`` and has ``fingerprint()``: a JSON-able
 description of exactly which images it holds, used as part of the feature-cache key.
@@ -392,7 +393,8 @@ def missing_ood_message(name: str, data_root: str | os.PathLike) -> str:
 
 
 def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
-    """A named OOD set of DESIGN.md, or any directory read as an image folder (labels ignored)."""
+    """A named OOD set (``OOD_SOURCES``, FashionMNIST, gaussian, uniform), or any directory read as
+    an image folder (labels ignored)."""
     root = Path(data_root)
     if not ood_available(name, root):
         raise UserError(missing_ood_message(name, root))

@@ -1,19 +1,24 @@
 """One forward pass per image, ever: features, logits and labels cached on disk.
 
-A cache entry is a folder ``{cache_dir}/features/{tag}-{key}`` holding ``features.npy`` (N, D)
-float32, ``logits.npy`` (N, C) float32, ``labels.npy`` (N,) int64 and ``meta.json``. The key is a
-hash of what produced it: the model (architecture, classes, checkpoint sha256), the dataset's
-fingerprint (which images), the transform and the cache format version. While extracting, the
-arrays are memory-mapped in ``{entry}.partial`` and filled in place; ``progress.json`` records how
-many leading rows are complete, so an interrupted run resumes there. The folder is renamed to
-its final name only when complete, so a partial entry is never read as complete.
+``FeatureCache`` owns the cache directory. An entry is a folder ``{cache_dir}/features/{tag}-{key}``
+holding ``features.npy`` (N, D) float32, ``logits.npy`` (N, C) float32, ``labels.npy`` (N,) int64
+and ``meta.json``, the provenance: the key repeated, N, D and C. The key is a hash of what
+produced the entry: the model (architecture, classes, checkpoint sha256), the dataset's
+fingerprint (which images), the transform and the cache format version. Each dataset is
+fingerprinted once per cache object. While an entry is written, its arrays are memory-mapped in
+``{entry}.partial`` and filled in place; ``progress.json`` records how many leading rows are
+complete, so an interrupted run resumes there (with any number of processes). The folder is
+renamed to its final name only when complete, so a partial entry is never read as complete.
+An entry is re-checked when loaded: ``meta.json`` must repeat the key and the arrays must have
+the expected shapes, else it is recomputed (with a message).
 
-Progress is saved every ``LINE_PROGRESS_SECONDS`` seconds (default 30) and on Ctrl-C. An entry is
-re-checked when loaded: its ``meta.json`` must repeat the key and the arrays must have the
-expected shapes, else it is recomputed (with a message). Free disk space for the arrays is
-checked before extraction starts. Image files that cannot be read come back from the dataset
-with label ``BAD_IMAGE_LABEL`` (util/data.py); they stop the run with a message naming the file,
-or with ``skip_bad_images`` they are dropped from the returned set and listed in ``skipped``.
+``FeatureExtractor`` runs the model and fills entries: one writer loop, fed by batches of one
+process or, under torchrun, by the rounds that every process forwards together
+(``util.distributed.gathered_rounds``); only rank 0 writes. Progress is saved every
+``LINE_PROGRESS_SECONDS`` seconds (default 30) and on Ctrl-C. Image files that cannot be read come
+back from the dataset with label ``BAD_IMAGE_LABEL`` (util/data.py); they stop the run with a
+message naming the file, or with ``skip_bad_images`` they are dropped from the returned set and
+listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from tqdm import tqdm
 
 from util import distributed
 from util.data import BAD_IMAGE_LABEL, image_path, why_unreadable
+from util.devices import AUTOCAST_DTYPES, check_device, check_precision, default_device
 from util.errors import UserError
 from util.io import atomic_write_json, sha256_json
 
 CACHE_VERSION = 1
+CPU_MICRO_BATCH = 16
 
 
 @dataclass
@@ -65,42 +72,6 @@ def _transform_repr(dataset: Dataset) -> str:
     return repr(t)
 
 
-CPU_MICRO_BATCH = 16
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str, device: torch.device) -> str:
-    """fp32 (default, exact), bf16 (CPU or CUDA autocast) or fp16 (CUDA autocast only)."""
-    if precision not in ("fp32", *AUTOCAST_DTYPES):
-        raise UserError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("fp16 autocast needs a CUDA device; use --precision bf16 on CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"{device} does not support bfloat16; use --precision fp16 on this GPU")
-    return precision
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(name: str) -> torch.device:
-    """torch.device(name), refusing devices this machine does not have (with what it has)."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UserError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise UserError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
-    elif device.type != "cpu":
-        raise UserError(f"--device {name}: only cpu and cuda devices are supported")
-    return device
-
-
 def _open_arrays(folder: Path, n: int, d: int, c: int, mode: str):
     open_memmap = np.lib.format.open_memmap
     return (
@@ -108,6 +79,153 @@ def _open_arrays(folder: Path, n: int, d: int, c: int, mode: str):
         open_memmap(folder / "logits.npy", mode=mode, dtype=np.float32, shape=(n, c)),
         open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(n,)),
     )
+
+
+class PartialEntry:
+    """An entry being written: memory-mapped arrays, the complete leading rows, and finalisation."""
+
+    def __init__(self, entry: Path, key: dict, n: int, d: int, c: int, done: int, arrays):
+        self.entry, self.key, self.n, self.d, self.c = entry, key, n, d, c
+        self.folder = entry.with_name(entry.name + ".partial")
+        self.done = done
+        self.arrays = arrays
+
+    def write(self, start: int, h: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
+        stop = start + len(y)
+        self.arrays[0][start:stop] = h
+        self.arrays[1][start:stop] = z
+        self.arrays[2][start:stop] = y
+        self.done = stop
+
+    def save_progress(self) -> None:
+        for a in self.arrays:
+            a.flush()
+        atomic_write_json(self.folder / "progress.json", {"key": self.key, "n": self.n, "done": self.done})
+
+    def finalise(self) -> None:
+        """meta.json written last, then the folder renamed to the entry's final name."""
+        for a in self.arrays:
+            a.flush()
+        self.arrays = None
+        meta = {**self.key, "n": self.n, "feature_dim": self.d, "classes": self.c}
+        atomic_write_json(self.folder / "meta.json", meta)
+        (self.folder / "progress.json").unlink()
+        if self.entry.exists():
+            shutil.rmtree(self.entry)
+        os.replace(self.folder, self.entry)
+
+
+class FeatureCache:
+    """The feature-cache entries of one model (``model_key``) under ``root``/features."""
+
+    def __init__(self, root: str | os.PathLike, model_key: dict):
+        self.root = Path(root)
+        self.model_key = model_key
+        self._keys: dict[int, tuple[Dataset, dict]] = {}
+
+    def key(self, dataset: Dataset) -> dict:
+        """What produced an entry of ``dataset``; the dataset is fingerprinted once."""
+        known = self._keys.get(id(dataset))
+        if known is not None and known[0] is dataset:
+            return known[1]
+        fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+        if fingerprint is None:
+            raise TypeError(f"{type(dataset).__name__} has no fingerprint(); it cannot be cached")
+        key = {
+            "version": CACHE_VERSION,
+            "model": self.model_key,
+            "data": fingerprint,
+            "transform": _transform_repr(dataset),
+        }
+        self._keys[id(dataset)] = (dataset, key)
+        return key
+
+    def entry(self, dataset: Dataset, tag: str) -> Path:
+        digest = sha256_json(self.key(dataset))[:16]
+        safe_tag = tag.replace(os.sep, "_").replace("/", "_").strip("_.") or "data"
+        return self.root / "features" / f"{safe_tag}-{digest}"
+
+    def problem(self, dataset: Dataset, tag: str) -> str | None:
+        """None when the entry of ``dataset`` is complete and was made with its key, else what is wrong."""
+        entry, n = self.entry(dataset, tag), len(dataset)
+        if not entry.exists():
+            return "is absent"
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+        except (OSError, ValueError):
+            return "has no readable meta.json (incomplete)"
+        want = json.loads(json.dumps(self.key(dataset)))
+        differ = [k for k in want if meta.get(k) != want[k]]
+        if differ:
+            return f"was made with a different {', '.join(differ)} than this run"
+        shapes = {"features.npy": (n, meta.get("feature_dim")), "logits.npy": (n, meta.get("classes"))}
+        shapes["labels.npy"] = (n,)
+        for name, shape in shapes.items():
+            try:
+                got = np.load(entry / name, mmap_mode="r").shape
+            except (OSError, ValueError):
+                return f"has no readable {name}"
+            if got != shape:
+                return f"holds {name} of shape {got}, expected {shape}"
+        return None
+
+    def load(self, dataset: Dataset, tag: str, from_cache: bool = True) -> FeatureSet:
+        entry = self.entry(dataset, tag)
+        return FeatureSet(
+            features=np.load(entry / "features.npy", mmap_mode="r"),
+            logits=np.load(entry / "logits.npy", mmap_mode="r"),
+            labels=np.load(entry / "labels.npy"),
+            path=entry,
+            from_cache=from_cache,
+        )
+
+    def discard(self, dataset: Dataset, tag: str, why: str) -> None:
+        entry = self.entry(dataset, tag)
+        if entry.exists():
+            print(f"cache entry {entry} {why}; recomputing it")
+            shutil.rmtree(entry)
+
+    def bytes_needed(self, dataset: Dataset, tag: str, d: int, c: int) -> int:
+        """Disk bytes the arrays of ``dataset`` will take (0 when already cached)."""
+        if (self.entry(dataset, tag) / "meta.json").is_file():
+            return 0
+        return len(dataset) * ((d + c) * 4 + 8)
+
+    def require_space(self, needed: int, what: str) -> None:
+        """UserError before any work when the cache directory has less than ``needed`` bytes free."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if needed > free:
+            raise UserError(
+                f"not enough free disk space in {self.root} for the feature cache of {what}: "
+                f"needs {_size(needed)}, {_size(free)} free. Free some space or pass another --cache-dir."
+            )
+
+    def open_partial(self, dataset: Dataset, tag: str, d: int, c: int) -> PartialEntry:
+        """The entry's partial arrays, resumed after its complete leading rows when a progress
+        record for the same key and size exists (else started from zero)."""
+        entry, key, n = self.entry(dataset, tag), self.key(dataset), len(dataset)
+        folder = entry.with_name(entry.name + ".partial")
+        done = 0
+        if (folder / "progress.json").is_file():
+            try:
+                progress = json.loads((folder / "progress.json").read_text())
+            except ValueError:
+                progress = {}
+            if progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n:
+                done = int(progress["done"])
+            else:
+                shutil.rmtree(folder)
+        self.require_space((n - done) * ((d + c) * 4 + 8), entry.name)
+        if done == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            arrays = _open_arrays(folder, n, d, c, "w+")
+            atomic_write_json(folder / "progress.json", {"key": key, "n": n, "done": 0})
+        else:
+            arrays = _open_arrays(folder, n, d, c, "r+")
+            print(f"resuming {entry.name}: {done} of {n} images already extracted")
+        return PartialEntry(entry, key, n, d, c, done, arrays)
 
 
 class FeatureExtractor:
@@ -135,7 +253,8 @@ class FeatureExtractor:
         self.fc = self.model.get_classifier()
         # Reduced precision changes the features, so it is part of the cache key (fp32 keys unchanged).
         self.model_key = model_key if precision == "fp32" else {**model_key, "precision": precision}
-        self.cache_dir = Path(cache_dir)
+        self.cache = FeatureCache(cache_dir, self.model_key)
+        self.cache_dir = self.cache.root
         self.batch_size = batch_size
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 1
@@ -150,83 +269,113 @@ class FeatureExtractor:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
 
-    def cache_key(self, dataset: Dataset) -> dict:
-        fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
-        if fingerprint is None:
-            raise TypeError(f"{type(dataset).__name__} has no fingerprint(); it cannot be cached")
-        return {
-            "version": CACHE_VERSION,
-            "model": self.model_key,
-            "data": fingerprint,
-            "transform": _transform_repr(dataset),
-        }
-
     def entry_path(self, dataset: Dataset, tag: str) -> Path:
-        key = sha256_json(self.cache_key(dataset))[:16]
-        safe_tag = tag.replace(os.sep, "_").replace("/", "_").strip("_.") or "data"
-        return self.cache_dir / "features" / f"{safe_tag}-{key}"
-
-    def extract(self, dataset: Dataset, tag: str) -> FeatureSet:
-        """Features of every image of ``dataset``, from the cache when an entry matches.
-
-        Under torchrun (util/distributed.py) the images are split over the processes and the
-        result, identical to one process's, is returned on rank 0 (None on the other ranks).
-        """
-        if distributed.active():
-            return distributed.extract_sharded(self, dataset, tag)
-        entry = self.entry_path(dataset, tag)
-        problem = self._check_entry(entry, self.cache_key(dataset), len(dataset))
-        if problem is None:
-            fs = self._load(entry)
-        else:
-            if entry.exists():
-                print(f"cache entry {entry} {problem}; recomputing it")
-                shutil.rmtree(entry)
-            self._fill(dataset, entry)
-            fs = self._load(entry, from_cache=False)
-        return self._drop_bad_images(fs, dataset, tag)
+        return self.cache.entry(dataset, tag)
 
     def bytes_needed(self, dataset: Dataset, tag: str) -> int:
-        """Disk bytes the cache arrays of ``dataset`` will take (0 when already cached)."""
-        entry = self.entry_path(dataset, tag)
-        if (entry / "meta.json").is_file():
-            return 0
-        return len(dataset) * ((self.fc.in_features + self.fc.out_features) * 4 + 8)
+        return self.cache.bytes_needed(dataset, tag, self.fc.in_features, self.fc.out_features)
 
     def require_space(self, needed: int, what: str) -> None:
-        """UserError before any work when the cache directory has less than ``needed`` bytes free."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.cache_dir).free
-        if needed > free:
-            raise UserError(
-                f"not enough free disk space in {self.cache_dir} for the feature cache of {what}: "
-                f"needs {_size(needed)}, {_size(free)} free. Free some space or "
-                "pass another --cache-dir."
-            )
+        self.cache.require_space(needed, what)
 
-    @staticmethod
-    def _check_entry(entry: Path, key: dict, n: int) -> str | None:
-        """None when ``entry`` is a complete cache entry made with ``key``, else what is wrong."""
-        if not entry.exists():
-            return "is absent"
-        try:
-            meta = json.loads((entry / "meta.json").read_text())
-        except (OSError, ValueError):
-            return "has no readable meta.json (incomplete)"
-        want = json.loads(json.dumps(key))
-        differ = [k for k in want if meta.get(k) != want[k]]
-        if differ:
-            return f"was made with a different {', '.join(differ)} than this run"
-        shapes = {"features.npy": (n, meta.get("feature_dim")), "logits.npy": (n, meta.get("classes"))}
-        shapes["labels.npy"] = (n,)
-        for name, shape in shapes.items():
+    def extract(self, dataset: Dataset, tag: str) -> FeatureSet | None:
+        """Features of every image of ``dataset``, from the cache when an entry matches.
+
+        Under torchrun the images are split over the processes and the result, identical to one
+        process's, is returned on rank 0 (None on the other ranks).
+        """
+        main = distributed.is_main()
+        problem = self.cache.problem(dataset, tag) if main else None
+        problem = distributed.broadcast(problem) if distributed.active() else problem
+        if problem is not None:
+            if main:
+                self.cache.discard(dataset, tag, problem)
+            self._fill(dataset, tag)
+        if not main:
+            return None
+        return self._drop_bad_images(self.cache.load(dataset, tag, from_cache=problem is None), dataset, tag)
+
+    def _fill(self, dataset: Dataset, tag: str) -> None:
+        """The writer loop: blocks of (start, features, logits, labels) in dataset order, written by
+        rank 0 with progress saved as it goes; the same loop for one process and for torchrun."""
+        d, c, n = self.fc.in_features, self.fc.out_features, len(dataset)
+        partial, done, error = None, 0, None
+        if distributed.is_main():
             try:
-                got = np.load(entry / name, mmap_mode="r").shape
-            except (OSError, ValueError):
-                return f"has no readable {name}"
-            if got != shape:
-                return f"holds {name} of shape {got}, expected {shape}"
-        return None
+                partial = self.cache.open_partial(dataset, tag, d, c)
+                done = partial.done
+            except UserError as exc:  # disk space, ...: under torchrun every rank must stop
+                error = str(exc)
+        if distributed.active():
+            done, error = distributed.broadcast((done, error))
+        if error is not None:
+            raise UserError(error)
+        entry = self.cache.entry(dataset, tag)
+        bar = tqdm(
+            total=n,
+            initial=done,
+            desc=f"features {entry.name}",
+            unit="img",
+            disable=not (self.progress and distributed.is_main()),
+            dynamic_ncols=True,
+        )
+        last_save = time.monotonic()
+        try:
+            with torch.inference_mode():
+                for start, h, z, y in self._blocks(dataset, done):
+                    bad = np.flatnonzero(y == BAD_IMAGE_LABEL)
+                    if len(bad) and not self.skip_bad_images:  # under torchrun every rank sees it
+                        raise UserError(
+                            bad_image_message([image_path(dataset, start + int(i)) for i in bad], n)
+                        )
+                    if partial is not None:
+                        partial.write(start, h, z, y)
+                        if time.monotonic() - last_save >= self.progress_seconds:
+                            partial.save_progress()
+                            last_save = time.monotonic()
+                    bar.update(len(y))
+        except (KeyboardInterrupt, UserError):
+            # Keep the complete leading rows: the next run resumes after them.
+            bar.close()
+            if partial is not None:
+                partial.save_progress()
+            raise
+        bar.close()
+        if partial is not None:
+            partial.finalise()
+        if distributed.active():
+            distributed.barrier()
+
+    def _blocks(self, dataset: Dataset, done: int):
+        """(start, h, z, y) of the images [done, n) in order: this process's batches, or under
+        torchrun the rounds every process forwards a batch of and all gather."""
+        pin = self.device.type == "cuda"
+        if distributed.active():
+            yield from distributed.gathered_rounds(
+                self._counted_forward,
+                dataset,
+                done,
+                self.batch_size,
+                self.num_workers,
+                pin,
+                (self.fc.in_features, self.fc.out_features),
+                self.device,
+            )
+            return
+        remaining = Subset(dataset, range(done, len(dataset))) if done else dataset
+        loader = DataLoader(
+            remaining, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, pin_memory=pin
+        )
+        start = done
+        for images, targets in loader:
+            h, z = self._counted_forward(images)
+            yield start, h, z, targets.numpy()
+            start += len(targets)
+
+    def _counted_forward(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        h, z = self.forward(images)
+        self.images_forwarded += len(h)
+        return h, z
 
     def _drop_bad_images(self, fs: FeatureSet, dataset: Dataset, tag: str) -> FeatureSet:
         """Unreadable images (label BAD_IMAGE_LABEL): an error naming them, or dropped when skipping."""
@@ -247,106 +396,6 @@ class FeatureExtractor:
             from_cache=fs.from_cache,
             skipped=files,
         )
-
-    def _load(self, entry: Path, from_cache: bool = True) -> FeatureSet:
-        return FeatureSet(
-            features=np.load(entry / "features.npy", mmap_mode="r"),
-            logits=np.load(entry / "logits.npy", mmap_mode="r"),
-            labels=np.load(entry / "labels.npy"),
-            path=entry,
-            from_cache=from_cache,
-        )
-
-    def _fill(self, dataset: Dataset, entry: Path) -> None:
-        partial = entry.with_name(entry.name + ".partial")
-        key = self.cache_key(dataset)
-        n = len(dataset)
-        d = self.fc.in_features
-        c = self.fc.out_features
-        arrays, done = self.open_partial(partial, key, n, entry.name)
-        features, logits, labels = arrays
-        remaining = Subset(dataset, range(done, n)) if done else dataset
-        loader = DataLoader(
-            remaining,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        last_save = time.monotonic()
-        bar = tqdm(
-            total=n,
-            initial=done,
-            desc=f"features {entry.name}",
-            unit="img",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        try:
-            with torch.inference_mode():
-                for images, targets in loader:
-                    bad = np.flatnonzero(targets.numpy() == BAD_IMAGE_LABEL)
-                    if len(bad) and not self.skip_bad_images:
-                        files = [image_path(dataset, done + int(i)) for i in bad]
-                        raise UserError(bad_image_message(files, n))
-                    h, z = self.forward(images)
-                    b = len(h)
-                    features[done : done + b] = h
-                    logits[done : done + b] = z
-                    labels[done : done + b] = targets.numpy()
-                    done += b
-                    self.images_forwarded += b
-                    bar.update(b)
-                    if time.monotonic() - last_save >= self.progress_seconds:
-                        self._save_progress(partial, arrays, key, n, done)
-                        last_save = time.monotonic()
-        except (KeyboardInterrupt, UserError):
-            # Keep the complete leading rows: the next run resumes after them.
-            bar.close()
-            self._save_progress(partial, arrays, key, n, done)
-            raise
-        bar.close()
-        for a in arrays:
-            a.flush()
-        del features, logits, labels, arrays
-        atomic_write_json(partial / "meta.json", {**key, "n": n, "feature_dim": d, "classes": c})
-        (partial / "progress.json").unlink()
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(partial, entry)
-
-    def open_partial(self, partial: Path, key: dict, n: int, label: str):
-        """The memory-mapped arrays of ``partial`` and how many leading rows are complete.
-
-        A progress record for another key or size (or an unreadable one) restarts from zero.
-        """
-        d, c = self.fc.in_features, self.fc.out_features
-        done = 0
-        if (partial / "progress.json").is_file():
-            try:
-                progress = json.loads((partial / "progress.json").read_text())
-            except ValueError:
-                progress = {}
-            if progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n:
-                done = int(progress["done"])
-            else:
-                shutil.rmtree(partial)
-        self.require_space((n - done) * ((d + c) * 4 + 8), label)
-        if done == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            arrays = _open_arrays(partial, n, d, c, "w+")
-            atomic_write_json(partial / "progress.json", {"key": key, "n": n, "done": 0})
-        else:
-            arrays = _open_arrays(partial, n, d, c, "r+")
-            print(f"resuming {label}: {done} of {n} images already extracted")
-        return arrays, done
-
-    @staticmethod
-    def _save_progress(partial: Path, arrays, key: dict, n: int, done: int) -> None:
-        for a in arrays:
-            a.flush()
-        atomic_write_json(partial / "progress.json", {"key": key, "n": n, "done": done})
 
     def forward(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Features and logits of one batch, as float32 numpy arrays."""

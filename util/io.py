@@ -76,3 +76,49 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _npy_file_of(array) -> tuple[str, int] | None:
+    """(path, data offset) when ``array`` is a whole .npy file opened with mmap_mode, else None."""
+    if not isinstance(array, np.memmap) or not array.filename or not array.flags.c_contiguous:
+        return None
+    try:
+        with open(array.filename, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError):
+        return None
+    if tuple(shape) != array.shape or fortran or dtype != array.dtype:
+        return None
+    return array.filename, offset
+
+
+def row_blocks(array, rows: int):
+    """Consecutive blocks of at most ``rows`` rows of ``array``, each a fresh in-memory array.
+
+    A memory-mapped .npy file (``np.load(path, mmap_mode="r")``, as the feature cache returns) is
+    read with plain file reads: pages touched through the map would stay in this process's
+    resident memory (10.5 GB for ImageNet's training features), file reads go to the page cache
+    only. Any other array is sliced.
+    """
+    source = _npy_file_of(array)
+    n = len(array)
+    if source is None:
+        for start in range(0, n, rows):
+            yield np.array(array[start : start + rows])
+        return
+    path, offset = source
+    row_items = int(np.prod(array.shape[1:], dtype=np.int64))
+    row_bytes = row_items * array.dtype.itemsize
+    with open(path, "rb") as f:
+        for start in range(0, n, rows):
+            m = min(rows, n - start)
+            f.seek(offset + start * row_bytes)
+            block = np.fromfile(f, dtype=array.dtype, count=m * row_items)
+            if block.size != m * row_items:
+                raise OSError(f"{path} ended early: expected {n} rows")
+            yield block.reshape((m, *array.shape[1:]))

@@ -119,3 +119,13 @@ def format_table(per_set: dict[str, dict[str, float]], title: str = "", fpr_key:
             f"{name:<{width}}{100 * r[fpr_key]:>9.2f}{100 * r['AUROC']:>9.2f}{100 * r['AUPR_IN']:>9.2f}"
         )
     return "\n".join(lines)
+
+
+# What each key of results.json's metrics means (recorded with every result).
+METRIC_CONVENTIONS = {
+    "FPR95": "fraction of OOD scores above the ID threshold at 95% ID TPR (ID positive; DICE/LINe papers)",
+    "FPR95_OOD_POSITIVE": "fraction of ID samples flagged when 95% of OOD is flagged (OOD positive; OpenOOD)",
+    "AUROC": "ID positive (the same number with OOD positive on negated scores)",
+    "AUPR_IN": "average precision, ID positive",
+    "AUPR_OUT": "average precision, OOD positive, negated scores",
+}

@@ -1,8 +1,8 @@
 """PNG figures of OOD scores (matplotlib, non-interactive Agg backend).
 
 - ``plot_score_histograms``: ID vs OOD score histograms of one OOD set, with the ID-positive
-  FPR95 threshold (the 5th-percentile ID score, DESIGN.md) marked; scores beyond the 0.2 / 99.8
-  percentiles of both sets are counted in the edge bins.
+  FPR95 threshold (the ID score at sorted index round(0.05 n), util/metrics.py) marked; scores
+  beyond the 0.2 / 99.8 percentiles of both sets are counted in the edge bins.
 - ``plot_roc``: ROC curve of one OOD set, ID positive (TPR = fraction of ID kept, FPR = fraction
   of OOD accepted), with the 95% TPR operating point marked.
 - ``plot_sweep_heatmap``: average FPR95 over a (p_w, p_a) grid of a LINe sweep.
@@ -82,13 +82,20 @@ def plot_roc(id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD")
     return _save(fig, out_path)
 
 
-def plot_sweep_heatmap(
-    results: list[dict], out_path, title: str = "LINe sweep: average FPR95 over (p_w, p_a)"
-) -> Path:
-    """Heat map of average FPR95 (percent) over (p_w, p_a).
+AXIS_LABELS = {"p_w": "p_w (weight-pruning percentile)", "p_a": "p_a (activation-pruning percentile)"}
 
-    ``results``: one dict per setting with keys ``p_w``, ``p_a`` and ``FPR95`` (average FPR95 as
-    a fraction; ``avg_FPR95`` is accepted too). Missing grid cells are left blank; the best
+
+def plot_sweep_heatmap(
+    results: list[dict],
+    out_path,
+    title: str = "LINe sweep: average FPR95 over (p_w, p_a)",
+    rows_key: str = "p_w",
+    cols_key: str = "p_a",
+) -> Path:
+    """Heat map of average FPR95 (percent) over two swept parameters (rows, columns).
+
+    ``results``: one dict per setting with the two parameters and ``FPR95`` (average FPR95 as a
+    fraction; ``avg_FPR95`` is accepted too). Missing grid cells are left blank; the best
     (lowest) cell is outlined.
     """
     if not results:
@@ -97,17 +104,17 @@ def plot_sweep_heatmap(
     def value(r):
         return r["FPR95"] if "FPR95" in r else r["avg_FPR95"]
 
-    p_ws = sorted({float(r["p_w"]) for r in results})
-    p_as = sorted({float(r["p_a"]) for r in results})
+    p_ws = sorted({float(r[rows_key]) for r in results})
+    p_as = sorted({float(r[cols_key]) for r in results})
     grid = np.full((len(p_ws), len(p_as)), np.nan)
     for r in results:
-        grid[p_ws.index(float(r["p_w"])), p_as.index(float(r["p_a"]))] = 100 * value(r)
+        grid[p_ws.index(float(r[rows_key])), p_as.index(float(r[cols_key]))] = 100 * value(r)
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(p_as), 1.2 + 0.6 * len(p_ws)))
     image = ax.imshow(grid, cmap="viridis_r", origin="lower", aspect="auto")
     ax.set_xticks(range(len(p_as)), [f"{v:g}" for v in p_as])
     ax.set_yticks(range(len(p_ws)), [f"{v:g}" for v in p_ws])
-    ax.set_xlabel("p_a (activation-pruning percentile)")
-    ax.set_ylabel("p_w (weight-pruning percentile)")
+    ax.set_xlabel(AXIS_LABELS.get(cols_key, cols_key))
+    ax.set_ylabel(AXIS_LABELS.get(rows_key, rows_key))
     finite = np.isfinite(grid)
     mid = np.nanmean(grid) if finite.any() else 0
     for i in range(len(p_ws)):

@@ -1,4 +1,4 @@
-"""LINe's per-class neuron contributions and DICE's mean feature, streamed over batches.
+"""The ID training statistics of LINe and DICE, streamed over row blocks of the training features.
 
 Contribution of neuron j to the logit of class y for one image (first-order Taylor
 approximation of its Shapley value): s_j = h_j * d logit_y / d h_j. For a linear head this is
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.heads import cpu_copy
+from util.io import row_blocks
 
 
 def taylor_contributions(fc: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -51,8 +52,8 @@ def class_mean_contributions(
     """Cm (C, D) float64 and the per-class counts, streaming over ``chunk`` rows at a time."""
     acc = ClassMeanAccumulator(fc.out_features, fc.in_features)
     fc = cpu_copy(fc)
-    for start in range(0, len(labels), chunk):
-        h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
+    for start, block in zip(range(0, len(labels), chunk), row_blocks(features, chunk)):
+        h = torch.from_numpy(block.astype(np.float32, copy=False))
         y = torch.from_numpy(np.asarray(labels[start : start + chunk]))
         acc.add(taylor_contributions(fc, h, y), y)
     return acc.mean().numpy(), acc.counts.numpy()
@@ -61,6 +62,6 @@ def class_mean_contributions(
 def mean_feature(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Mean of h over all rows, float64, shape (D,)."""
     total = np.zeros(features.shape[1], dtype=np.float64)
-    for start in range(0, len(features), chunk):
-        total += np.asarray(features[start : start + chunk], dtype=np.float64).sum(axis=0)
+    for block in row_blocks(features, chunk):
+        total += block.astype(np.float64).sum(axis=0)
     return total / len(features)

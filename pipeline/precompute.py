@@ -1,0 +1,82 @@
+"""ID training statistics: one forward pass over the training set (cached), then LINe's class-mean
+contributions and DICE's mean feature, written atomically with provenance records."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from detectors.statistics import class_mean_contributions, mean_feature
+from util import distributed
+from util.data import balanced_subset
+from util.errors import UserError
+from util.features import CACHE_VERSION
+from util.io import atomic_save_npy, atomic_write_json, sha256_file
+from util.runtime import code_version, ensure_writable_dir
+
+from . import setup
+from .config import PrecomputeConfig
+from .statistics import contributions_path, feat_stat_path
+
+
+def precompute(config: PrecomputeConfig) -> None:
+    config.device = distributed.setup(config.device)  # torchrun: join the process group
+    start = time.time()
+    ensure_writable_dir(config.cache_dir, "cache directory")
+    model, model_key, checkpoint = setup.load_classifier(config)
+    C = setup.num_classes(config)
+    train = setup.train_set(config, setup.transform(config))
+    if config.max_samples:
+        train = balanced_subset(train, config.max_samples, C)
+    print(f"{config.in_dataset} training set: {len(train)} images; checkpoint {checkpoint}")
+
+    extractor = setup.make_extractor(config, model, model_key)
+    fs = extractor.extract(train, setup.tag(config, "train"))
+    if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 goes on alone
+        return
+    if fs.from_cache:
+        print(f"training features loaded from cache {fs.path} (no forward pass)")
+    if fs.skipped:
+        print(f"images: {fs.requested} requested, {len(fs.skipped)} unreadable skipped, {len(fs)} used")
+
+    contrib, counts = class_mean_contributions(extractor.fc, fs.features, fs.labels)
+    mean = mean_feature(fs.features)
+    nonfinite = int(np.count_nonzero(~np.isfinite(contrib))) + int(np.count_nonzero(~np.isfinite(mean)))
+    if nonfinite:
+        raise UserError(
+            f"{nonfinite} NaN or infinite values in the statistics of {fs.path}: checkpoint "
+            f"{checkpoint} gives non-finite features or logits; nothing was written"
+        )
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        print(f"warning: classes {empty.tolist()} have no training image; their contributions are 0")
+
+    provenance = {
+        "code_version": code_version(),
+        "in_dataset": config.in_dataset,
+        "name": config.name,
+        "model_arch": config.model_arch,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": model_key["checkpoint_sha256"],
+        "num_images": int(len(fs)),
+        "num_images_requested": int(fs.requested),
+        "skipped_bad_images": fs.skipped,
+        "cache_version": CACHE_VERSION,
+        "max_samples": config.max_samples,
+        "images_per_class": counts.tolist(),
+        "feature_cache": str(fs.path),
+    }
+    contrib_file = contributions_path(config.cache_dir, config.in_dataset, config.name, config.method)
+    stat_file = feat_stat_path(config.cache_dir, config.in_dataset, config.name)
+    atomic_save_npy(contrib_file, contrib.T.astype(np.float32))
+    atomic_save_npy(stat_file, mean)
+    for path, kind in ((contrib_file, "contributions"), (stat_file, "feat_stat")):
+        atomic_write_json(
+            path.with_suffix(".json"), {"kind": kind, "sha256": sha256_file(path), **provenance}
+        )
+    print(f"wrote {contrib_file} {tuple(contrib.T.shape)} and {stat_file} {mean.shape}")
+    print(
+        f"precompute done in {time.time() - start:.1f} s "
+        f"({extractor.images_forwarded} images through the network)"
+    )

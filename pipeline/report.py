@@ -1,0 +1,108 @@
+"""What an evaluation reports: metrics per OOD set, results.json, per-image scores, tables, plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from util.errors import UserError
+from util.io import atomic_write_json, save_scores
+from util.metrics import FPR_CONVENTIONS, METRIC_CONVENTIONS, average_metrics, format_table, ood_metrics
+
+
+@dataclass
+class MethodResult:
+    """One method's evaluation: what results.json holds, plus the per-image scores."""
+
+    method: str
+    id_accuracy: float
+    ood: dict[str, dict[str, float]]
+    average: dict[str, float]
+    settings: dict
+    scores: dict[str, np.ndarray]
+
+    def as_json(self) -> dict:
+        return {
+            "id_accuracy": self.id_accuracy,
+            "ood": self.ood,
+            "average": self.average,
+            "settings": self.settings,
+        }
+
+
+def set_metrics(scores: dict, name: str) -> dict:
+    """ood_metrics of OOD set ``name`` against the ID set ``in`` (both FPR95 conventions);
+    empty or non-finite scores are an error naming the set and the count."""
+    for key in ("in", name):
+        bad = int(np.count_nonzero(~np.isfinite(scores[key])))
+        which = "the ID test set" if key == "in" else f"OOD set {name}"
+        if len(scores[key]) == 0:
+            raise UserError(f"no image of {which} could be scored (all were skipped as unreadable)")
+        if bad:
+            raise UserError(
+                f"{bad} of {len(scores[key])} scores of {which} are NaN or infinite (the model's features "
+                "or logits overflowed, or the checkpoint holds NaN/inf weights); metrics are undefined, "
+                "nothing was written"
+            )
+    return ood_metrics(scores["in"], scores[name], with_ood_positive=True)
+
+
+def result_dir(base_dir, in_dataset: str, method: str, name: str) -> Path:
+    """``{base_dir}/{in_dataset}/{method}/{name}``: results.json, scores/, plots/."""
+    return Path(base_dir) / in_dataset / method / name
+
+
+def write_result(out_dir: Path, result: MethodResult, plots: bool, title: str) -> None:
+    save_scores(out_dir, result.scores)
+    atomic_write_json(out_dir / "results.json", result.as_json())
+    if plots:
+        from util.plots import plot_results  # matplotlib only when plots are asked for
+
+        plot_results(result.scores, out_dir / "plots", title)
+
+
+def describe(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "no parameters"
+
+
+def single_table(result: MethodResult, in_dataset: str, name: str, fpr_convention: str) -> str:
+    """One method: FPR95 / AUROC / AUIN per OOD set and on average, then the ID accuracy."""
+    fpr_key, header = FPR_CONVENTIONS[fpr_convention]
+    detector = describe(result.settings["detector"])
+    title = f"{result.method} on {in_dataset} ({name}), {detector}\n{header}, percent"
+    table = format_table(result.ood, title, fpr_key=fpr_key)
+    return f"{table}\nID accuracy ({result.method} logits): {100 * result.id_accuracy:.2f}%"
+
+
+def methods_table(
+    results: list[MethodResult], names: list[str], in_dataset: str, name: str, fpr_convention: str
+) -> str:
+    """Several methods: FPR95/AUROC per set, AVG FPR95/AUROC/AUIN and ID accuracy, one row each."""
+    fpr_key, header = FPR_CONVENTIONS[fpr_convention]
+    width = max(len("method"), *(len(r.method) for r in results)) + 2
+    cols = [*names, "AVG"]
+    cw = [max(15, len(c) + 2) for c in cols]
+    lines = [
+        f"{len(results)} methods on {in_dataset} ({name}), one feature extraction",
+        f"{header}; AUROC, AUIN (ID positive) and ID accuracy, percent",
+        f"{'':<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, cw)) + f"{'AVG':>8}{'ID':>8}",
+        f"{'method':<{width}}" + "".join(f"{'FPR95 AUROC':>{w}}" for w in cw) + f"{'AUIN':>8}{'acc':>8}",
+    ]
+    for r in results:
+        cells = [r.ood[n] for n in names] + [r.average]
+        pairs = [f"{100 * c[fpr_key]:.2f} {100 * c['AUROC']:.2f}" for c in cells]
+        line = f"{r.method:<{width}}" + "".join(f"{pair:>{w}}" for pair, w in zip(pairs, cw))
+        lines.append(line + f"{100 * r.average['AUPR_IN']:>8.2f}{100 * r.id_accuracy:>8.2f}")
+    return "\n".join(lines)
+
+
+def method_result(
+    method: str, scores: dict, preds: dict, labels: np.ndarray, names: list[str], settings: dict
+):
+    """Metrics of every OOD set, their average and the ID accuracy of the method's logits."""
+    per_set = {n: set_metrics(scores, n) for n in names}
+    accuracy = float(np.mean(preds["in"] == labels))
+    settings = {**settings, "metric_conventions": METRIC_CONVENTIONS}
+    return MethodResult(method, accuracy, per_set, average_metrics(per_set), settings, scores)

@@ -1,0 +1,52 @@
+"""Scores of one fitted detector on every set: from cached features, or by running the network on
+the images for network-level detectors (ODIN)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from detectors.base import Detector, score_sets
+from util.data import BAD_IMAGE_LABEL, image_path
+from util.errors import UserError
+from util.features import FeatureExtractor, bad_image_message
+
+
+def score_cached(detector: Detector, features: dict) -> tuple[dict, dict]:
+    """(scores, predictions) per set from the cached FeatureSets."""
+    return score_sets(detector, {key: fs.features for key, fs in features.items()})
+
+
+def score_images(
+    detector: Detector, datasets: dict, extractor: FeatureExtractor, tags: dict
+) -> tuple[dict, dict, dict]:
+    """(scores, predictions, labels) per set for a network-level detector, batch by batch.
+
+    Unreadable images stop the run with their name, or with --skip-bad-images are left out and
+    listed in ``extractor.skipped`` under the set's tag, as the feature cache does.
+    """
+    scores, preds, labels = {}, {}, {}
+    for key, ds in datasets.items():
+        loader = DataLoader(ds, batch_size=extractor.batch_size, num_workers=extractor.num_workers)
+        s, p, y, seen = [np.zeros(0)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+        for images, targets in loader:
+            bad = np.flatnonzero(targets.numpy() == BAD_IMAGE_LABEL)
+            files = [image_path(ds, seen + int(i)) for i in bad]
+            seen += len(targets)
+            if files and not extractor.skip_bad_images:
+                raise UserError(bad_image_message(files, len(ds)))
+            if files:
+                extractor.skipped.setdefault(tags[key], []).extend(files)
+                keep = targets != BAD_IMAGE_LABEL
+                images, targets = images[keep], targets[keep]
+            if len(targets) == 0:
+                continue
+            sc, out = detector.score_images(images.to(extractor.device))
+            s.append(sc.double().cpu().numpy())
+            p.append(out.argmax(1).cpu().numpy())
+            y.append(targets.numpy())
+        scores[key], preds[key], labels[key] = np.concatenate(s), np.concatenate(p), np.concatenate(y)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return scores, preds, labels

@@ -1,0 +1,183 @@
+"""The ID training statistics detectors are fitted on: the files precompute.py writes (LINe's
+contributions, DICE's mean feature), checked against their provenance records, and the cached
+training features and labels.
+
+Files (the original repositories' names and orientations, so theirs load here and ours there):
+- ``{in_dataset}_{name}_{method}_mean_class.npy``: contributions, shape (D, C);
+- ``{in_dataset}_{name}_feat_stat.npy``: mean training feature, shape (D,);
+- ``{file}.json`` next to each: what produced it (dataset, architecture, checkpoint sha256,
+  cache version) and the file's own sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from util.errors import UserError
+from util.features import CACHE_VERSION
+from util.io import sha256_file
+
+
+def contributions_path(cache_dir, in_dataset: str, name: str, method: str = "taylor") -> Path:
+    """LINe's class-mean contributions, shape (D, C): ``{in_dataset}_{name}_{method}_mean_class.npy``."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_{method}_mean_class.npy"
+
+
+def feat_stat_path(cache_dir, in_dataset: str, name: str) -> Path:
+    """DICE's mean training feature, shape (D,): ``{in_dataset}_{name}_feat_stat.npy``."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_feat_stat.npy"
+
+
+def _require_finite(values: np.ndarray, path: Path) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise UserError(f"{path} holds {bad} NaN or infinite values of {values.size}; rerun precompute.py.")
+
+
+def load_feat_stat(path: Path, feature_dim: int) -> np.ndarray:
+    """Mean feature (D,) float64 from a DICE ``feat_stat`` file; checks it fits the model."""
+    try:
+        stat = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"cannot read feature statistics {path}: {exc}") from None
+    stat = np.asarray(stat, dtype=np.float64).squeeze()
+    if stat.shape != (feature_dim,):
+        raise UserError(
+            f"{path} holds shape {stat.shape}; this model needs a mean feature of shape "
+            f"({feature_dim},). It was made for another model: rerun precompute.py."
+        )
+    _require_finite(stat, path)
+    return stat
+
+
+def load_contributions(path: Path, num_classes: int, feature_dim: int) -> np.ndarray:
+    """Class-mean contributions (C, D) from a ``mean_class`` file stored as (D, C)."""
+    try:
+        stored = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"cannot read contributions {path}: {exc}") from None
+    if stored.shape != (feature_dim, num_classes):
+        raise UserError(
+            f"{path} holds shape {stored.shape}; this model needs (features, classes) = "
+            f"({feature_dim}, {num_classes}). It was made for another model: rerun precompute.py."
+        )
+    _require_finite(stored, path)
+    return np.asarray(stored, dtype=np.float64).T
+
+
+def check_provenance(path: Path, model_key: dict, in_dataset: str, flag: str | None = None) -> dict | None:
+    """Check the record ``{path}.json`` that precompute.py writes next to a statistics file.
+
+    Files without a record (made by the original LINe/DICE code) are accepted; their shape is
+    checked when loaded. A record that names another model, or describes other file contents, is
+    an error: the message says to rerun precompute.py (or, for a file given with ``flag``, names
+    the mismatch). Returns the record, or None.
+    """
+    record_path = path.with_suffix(".json")
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {record_path} (record of {path}): {exc}; rerun precompute.py") from None
+    expected = {
+        "in_dataset": in_dataset,
+        "model_arch": model_key.get("arch"),
+        "checkpoint_sha256": model_key.get("checkpoint_sha256"),
+        "cache_version": CACHE_VERSION,
+        "sha256": sha256_file(path),
+    }
+    mismatches = [
+        f"{k}: file made with {record[k]!r}, now {v!r}"
+        for k, v in expected.items()
+        if k in record and record[k] != v
+    ]
+    if not mismatches:
+        return record
+    what = "\n  ".join(mismatches)
+    if "sha256" in record and record["sha256"] != expected["sha256"]:
+        advice = (
+            f"{path} was changed after precompute.py wrote it (or precompute.py was interrupted); "
+            f"rerun precompute.py, or delete {record_path} to use the file as it is"
+        )
+    elif flag:
+        advice = f"pass a {flag} file made for this checkpoint, or rerun precompute.py for it"
+    else:
+        advice = (
+            f"rerun `python precompute.py --in-dataset {in_dataset}` with this --checkpoint and "
+            f"--cache-dir {path.parent} to recompute it"
+        )
+    given = f" (given with {flag})" if flag else ""
+    raise UserError(f"{path}{given} does not match this run:\n  {what}\n{advice}")
+
+
+class TrainingStatistics:
+    """The statistics of one run, each loaded (and checked) once, on first request.
+
+    ``mean_feature`` and ``contributions`` come from files (``--feat-stat`` / ``--contrib`` or the
+    ones precompute.py wrote in the cache directory); ``train_features`` and ``train_labels`` from
+    the feature cache through ``extract_train`` (which runs the network only for a set not cached).
+    ``files`` records each file used: path, sha256 and provenance record.
+    """
+
+    def __init__(self, config, model_key: dict, num_classes: int, feature_dim: int, extract_train):
+        self.config = config
+        self.model_key = model_key
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.extract_train = extract_train
+        self.files: dict[str, dict] = {}
+        self._values: dict[str, np.ndarray] = {}
+
+    def get(self, name: str):
+        if name not in self._values:
+            if name in ("train_features", "train_labels"):
+                fs = self.extract_train()
+                self._values.update(train_features=fs.features, train_labels=fs.labels)
+            else:
+                self._values[name] = getattr(self, f"_load_{name}")()
+        return self._values[name]
+
+    def for_detector(self, detector) -> dict:
+        """The keyword arguments of ``detector.fit`` after the head."""
+        return {name: self.get(name) for name in detector.needs()}
+
+    def files_for(self, detector) -> dict:
+        return {k: v for k, v in self.files.items() if k in detector.needs()}
+
+    def _record(self, key: str, path: Path, flag: str | None) -> None:
+        record = check_provenance(path, self.model_key, self.config.in_dataset, flag)
+        self.files[key] = {"path": str(path), "sha256": sha256_file(path), "record": record}
+
+    def _load_mean_feature(self) -> np.ndarray:
+        c = self.config
+        if c.feat_stat:
+            path = Path(c.feat_stat)
+            if not path.is_file():
+                raise UserError(f"DICE feature statistics {path} (given with --feat-stat) not found")
+        else:
+            candidates = [feat_stat_path(c.cache_dir, c.in_dataset, n) for n in (c.name, c.model_arch)]
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:  # by --name, else by --model-arch (the DICE code's naming)
+                raise UserError(
+                    f"DICE feature statistics {candidates[0]} not found: run `python precompute.py "
+                    f"--in-dataset {c.in_dataset}` with the same --cache-dir, or pass --feat-stat"
+                )
+        self._record("mean_feature", path, "--feat-stat" if c.feat_stat else None)
+        return load_feat_stat(path, self.feature_dim)
+
+    def _load_contributions(self) -> np.ndarray:
+        c = self.config
+        path = Path(c.contrib) if c.contrib else contributions_path(c.cache_dir, c.in_dataset, c.name)
+        if not path.is_file():
+            if c.contrib:
+                raise UserError(f"LINe contributions {path} (given with --contrib) not found")
+            raise UserError(
+                f"LINe contributions {path} not found: run `python precompute.py "
+                f"--in-dataset {c.in_dataset}` with the same --cache-dir first"
+            )
+        self._record("contributions", path, "--contrib" if c.contrib else None)
+        return load_contributions(path, self.num_classes, self.feature_dim)

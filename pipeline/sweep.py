@@ -1,0 +1,184 @@
+"""Hyperparameter sweep of one detector, selected without test OOD data.
+
+The ID test set is split (seeded) into a validation part and a test part. Every setting of the
+detector's search space (``Detector.search_space``, axes overridable) is scored on the ID test
+set, a validation OOD set (``gaussian`` noise by default, never one of the test OOD sets) and the
+test OOD sets; the setting with the lowest FPR95 (then highest AUROC) of ID-validation against
+the validation OOD set is selected and reported on the ID-test part against the test OOD sets.
+
+Feature-level detectors are scored from the feature cache (no forward pass once the sets are
+cached), all sets stacked into one array per setting; a setting that changes only parameters the
+fitted state does not depend on (LINe's tau, KNN's k) reuses the fit. Network-level detectors
+(ODIN) run the network on the images for every setting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+
+from detectors import registry
+from detectors.base import score_features
+from util.errors import UserError
+from util.io import atomic_write_json
+from util.metrics import auroc, fpr_at_95_tpr
+from util.runtime import ensure_writable_dir
+
+from . import setup
+from .config import SweepConfig
+from .report import result_dir
+from .scoring import score_images
+from .statistics import TrainingStatistics
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of range(n) into (validation, test) index arrays, each sorted."""
+    order = np.random.default_rng(seed).permutation(n)
+    k = int(round(fraction * n))
+    return np.sort(order[:k]), np.sort(order[k:])
+
+
+def grid_of(config: SweepConfig, feature_dim: int) -> dict[str, tuple]:
+    """The detector's search space with the axes of ``config.grid`` replaced."""
+    cls, fixed = registry.lookup(config.method)
+    space = dict(cls.search_space(feature_dim))
+    for name, values in config.grid.items():
+        if name in fixed:
+            raise UserError(f"--grid {name}: {config.method} fixes {name} = {fixed[name]!r}")
+        space[name] = tuple(values)
+    return space
+
+
+def sweep(config: SweepConfig) -> dict:
+    start = time.time()
+    if not 0 < config.val_fraction < 1:
+        raise UserError(f"--val-fraction {config.val_fraction} must be between 0 and 1")
+    ensure_writable_dir(config.cache_dir, "cache directory")
+    tf = setup.transform(config)
+    datasets, test_names = setup.test_sets(config, tf, config.out_datasets, extra=(config.val_ood,))
+    if config.val_ood in test_names:
+        raise UserError(f"the validation OOD set {config.val_ood!r} is also a test OOD set; pick another")
+    model, model_key, _ = setup.load_classifier(config)
+    fc = model.get_classifier()
+    extractor = setup.make_extractor(config, model, model_key)
+    tags = {key: setup.set_tag(config, key) for key in datasets}
+    space = grid_of(config, fc.in_features)
+    base = registry.build(config.method, config.in_dataset)
+    settings = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    stats = TrainingStatistics(
+        config,
+        model_key,
+        setup.num_classes(config),
+        fc.in_features,
+        lambda: extractor.extract(setup.train_set(config, tf), setup.tag(config, "train")),
+    )
+    network = base.kind == "network"
+    if not network:
+        for name in base.needs():  # the files fail here, before any forward pass
+            stats.get(name)
+        features = {key: extractor.extract(ds, tags[key]) for key, ds in datasets.items()}
+        blocks = [np.asarray(fs.features, dtype=np.float32) for fs in features.values()]
+        stacked = np.concatenate(blocks)
+        bounds = dict(zip(features, np.cumsum([0, *map(len, blocks)])))
+        keys = list(features)
+    n_in = len(datasets["in"])
+    val_idx, test_idx = split_indices(n_in, config.val_fraction, config.seed)
+    extracted = time.time()
+    forward_note = (
+        "no forward pass: every set came from the cache"
+        if extractor.images_forwarded == 0
+        else f"{extractor.images_forwarded} images forwarded (now cached)"
+    )
+    print(
+        f"{config.method}: {len(settings)} settings of {', '.join(space) or '(no parameter)'}; "
+        f"features ready in {extracted - start:.1f} s ({forward_note}); ID validation {len(val_idx)} / "
+        f"test {len(test_idx)} images; validation OOD: {config.val_ood}"
+    )
+
+    rows, fitted = [], {}
+    for setting in settings:
+        detector = base.with_params(**setting)
+        if network:
+            detector.fit(extractor.model, setup.input_std(tf))
+            part, _, _ = score_images(detector, datasets, extractor, tags)
+        else:
+            depends = detector.fit_params or tuple(detector.get_params())
+            fit_key = tuple(repr(detector.get_params()[k]) for k in depends)
+            if fit_key in fitted:
+                detector = fitted[fit_key].with_params(**setting)
+            else:
+                try:
+                    detector.fit(fc, **stats.for_detector(detector))
+                except ValueError as exc:
+                    raise UserError(f"{config.method} {setting}: {exc}") from None
+                fitted = {fit_key: detector}  # settings come in grid order: keep the latest fit
+            scores, _ = score_features(detector, stacked)
+            part = {k: scores[bounds[k] : bounds[k] + len(features[k])] for k in keys}
+        id_val, id_test = part["in"][val_idx], part["in"][test_idx]
+        test = {s: (fpr_at_95_tpr(id_test, part[s]), auroc(id_test, part[s])) for s in test_names}
+        rows.append(
+            {
+                **setting,
+                "val_FPR95": fpr_at_95_tpr(id_val, part[config.val_ood]),
+                "val_AUROC": auroc(id_val, part[config.val_ood]),
+                "test": {s: {"FPR95": f, "AUROC": a} for s, (f, a) in test.items()},
+                "test_FPR95": float(np.mean([f for f, _ in test.values()])),
+                "test_AUROC": float(np.mean([a for _, a in test.values()])),
+            }
+        )
+    swept = time.time()
+    best = min(rows, key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
+    axes = list(space)
+    head = "".join(f"{a:>16}" for a in axes)
+    print(
+        f"{head} | {'val FPR95':>9}{'val AUROC':>10} | {'test FPR95':>10}{'test AUROC':>11}"
+        f"   (test = mean over {', '.join(test_names)}; %)"
+    )
+    for r in rows:
+        mark = "  <- selected" if r is best else ""
+        print(
+            "".join(f"{r[a]!s:>16}" for a in axes)
+            + f" | {100 * r['val_FPR95']:>9.2f}{100 * r['val_AUROC']:>10.2f} | {100 * r['test_FPR95']:>10.2f}"
+            f"{100 * r['test_AUROC']:>11.2f}{mark}"
+        )
+    chosen = ", ".join(f"{a}={best[a]}" for a in axes) or "the defaults"
+    print(
+        f"{len(rows)} settings scored in {swept - extracted:.1f} s; "
+        f"selected on {config.val_ood}: {chosen} -> "
+        f"test FPR95 {100 * best['test_FPR95']:.2f}, AUROC {100 * best['test_AUROC']:.2f}"
+    )
+    out_dir = result_dir(config.base_dir, config.in_dataset, f"{base.run_name()}_sweep", config.name)
+    summary = {
+        "method": base.run_name(),
+        "defaults": base.get_params(),
+        "grid": {a: list(v) for a, v in space.items()},
+        "selected": best,
+        "rows": rows,
+        "val_ood": config.val_ood,
+        "val_fraction": config.val_fraction,
+        "seed": config.seed,
+        "test_sets": test_names,
+        "images_forwarded": extractor.images_forwarded,
+        "settings": config.settings(),
+    }
+    atomic_write_json(out_dir / "sweep.json", summary)
+    if len(axes) >= 2:
+        from util.plots import plot_sweep_heatmap  # matplotlib only when there is a grid to draw
+
+        x, y = axes[1], axes[0]
+        others = {a: best[a] for a in axes[2:]}
+        cells = [r | {"FPR95": r["test_FPR95"]} for r in rows if all(r[a] == v for a, v in others.items())]
+        suffix = "".join(f"_{a}{v:g}" if isinstance(v, float) else f"_{a}{v}" for a, v in others.items())
+        heatmap = plot_sweep_heatmap(
+            cells,
+            out_dir / f"heatmap{suffix}.png",
+            title=f"{base.run_name()} on {config.in_dataset}: average test FPR95"
+            + (f" at {', '.join(f'{a}={v:g}' for a, v in others.items())}" if others else ""),
+            rows_key=y,
+            cols_key=x,
+        )
+        print(f"heat map: {heatmap}")
+    print(f"results: {out_dir / 'sweep.json'}  ({time.time() - start:.1f} s in all)")
+    return summary
