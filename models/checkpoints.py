@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models import ResNet50_Weights
 
 from util.errors import UserError
 from util.io import sha256_file
@@ -90,8 +91,6 @@ IMAGENET_PRETRAINED = ("resnet50", "BiT-S-R101x1")
 def imagenet_weight_candidates(model_arch: str, root: str | os.PathLike = "checkpoints") -> tuple[list, str]:
     """(paths searched in order, download URL) for the pretrained weights of ``model_arch``."""
     if model_arch == "resnet50":
-        from torchvision.models import ResNet50_Weights
-
         url = ResNet50_Weights.IMAGENET1K_V1.url
         fname = url.rsplit("/", 1)[1]
         return [Path(root) / "imagenet" / fname, Path(torch.hub.get_dir()) / "checkpoints" / fname], url

@@ -186,6 +186,11 @@ class ColumnSorted:
             for i, a in enumerate(block):
                 L, U = below_lo[i], upto_hi[i]
                 n_below = int(L.sum())
+                if n_below <= k0 and int(U.sum()) > k1 and lo[i] == hi[i]:
+                    # Both order statistics lie in [lo, hi] = one value (a class whose scales are all
+                    # zero, say): that value is the percentile; no entry needs materialising.
+                    thresholds[start + i] = lerp(lo[i], hi[i], gamma)
+                    continue
                 if n_below <= k0 and int(U.sum()) > k1:
                     vals = self._entries_between(a, L, U)
                     ranks = [k0 - n_below, k1 - n_below]

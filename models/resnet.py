@@ -12,12 +12,8 @@ from __future__ import annotations
 import torch
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from util.data import IMAGENET_MEAN, IMAGENET_STD
-
-# torchvision's IMAGENET1K_V1 weights (the ones the DICE and LINe ImageNet results used).
-TORCHVISION_WEIGHTS_FILE = "resnet50-0676ba61.pth"
-TORCHVISION_WEIGHTS_URL = f"https://download.pytorch.org/models/{TORCHVISION_WEIGHTS_FILE}"
-
+# The input statistics torchvision's ImageNet weights were trained with.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 class ResNet50(ResNet):
     """torchvision's ResNet-50 plus ``forward_features`` / ``get_classifier``."""

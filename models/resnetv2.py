@@ -35,6 +35,8 @@ from torch import nn
 
 from util.errors import UserError
 
+from .checkpoints import read_state_dict
+
 BIT_MEAN, BIT_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
 BIT_UNITS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
@@ -122,8 +124,6 @@ class ResNetV2(nn.Module):
 
     def read_checkpoint(self, path: str | os.PathLike) -> dict[str, torch.Tensor]:
         """State dict from Google's ``.npz`` or a PyTorch checkpoint (1x1-conv head reshaped)."""
-        from .checkpoints import read_state_dict
-
         path = Path(path)
         if path.suffix == ".npz":
             return bit_npz_to_state_dict(path, self)

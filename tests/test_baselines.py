@@ -278,3 +278,24 @@ def test_line_ablations_are_masks_of_the_one_route_line_layer(setup, ap, wp):
 def test_line_without_clipping_clips_at_infinity(setup):
     det = LINe(clip_threshold=0.5, activation_clipping=False)
     assert det.tau == float("inf") and LINe(clip_threshold=0.5).tau == 0.5
+
+
+@pytest.mark.parametrize("p", [0, 37.5, 90, 99.9, 100])
+def test_react_percentile_over_a_memory_mapped_file_equals_numpy_percentile_of_the_float64_copy(tmp_path, p):
+    rng = np.random.default_rng(3)
+    train = np.maximum(rng.normal(0, 1, (5003, 17)), 0).astype(np.float32)  # half exact zeros: ties
+    train[::7, 3] = np.round(train[::7, 3], 1)
+    np.save(tmp_path / "features.npy", train)
+    mapped = np.load(tmp_path / "features.npy", mmap_mode="r")
+    det = ReAct(percentile=p).fit(torch.nn.Linear(17, 3), train_features=mapped)
+    assert det.threshold_ == np.percentile(train.astype(np.float64), p)
+
+
+def test_row_blocks_of_a_memory_mapped_file_are_the_rows_in_order(tmp_path):
+    from util.io import row_blocks
+
+    x = np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(np.concatenate(list(row_blocks(mapped, 64))), x)
+    np.testing.assert_array_equal(np.concatenate(list(row_blocks(mapped[10:], 64))), x[10:])

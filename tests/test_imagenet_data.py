@@ -1,5 +1,6 @@
 """ImageNet data layout (small generated folders), model-driven normalisation, demo-imagenet.sh checks."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -95,3 +96,31 @@ def test_demo_imagenet_without_data_stops_at_once_listing_every_missing_folder(t
     if not (REPO / "checkpoints/imagenet/resnet50-0676ba61.pth").exists():
         assert "download.pytorch.org/models/resnet50-0676ba61.pth" in res.stderr
     assert "setting up .venv" not in res.stderr  # stopped before any setup or Python work
+
+
+def test_precompute_and_sweep_run_on_a_1000_class_folder_with_random_resnet50_weights(
+    imagenet_root, tmp_path
+):
+    import torch
+    import torchvision
+
+    import precompute
+    import sweep
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "resnet50-random.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), checkpoint)
+    common = [
+        "--in-dataset", "imagenet", "--model-arch", "resnet50", "--data-root", str(imagenet_root),
+        "--checkpoint", str(checkpoint), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+        "--device", "cpu", "--workers", "0", "-b", "16",
+    ]  # fmt: skip
+    precompute.main([*common, "--max-samples", "8"])
+    out = tmp_path / "out"
+    sweep.main(
+        [*common, "--out-datasets", "sun", "dtd", "--max-samples", "6", "--base-dir", str(out),
+         "--grid", "p_w=10,90", "--grid", "p_a=10", "--grid", "clip_threshold=0.8"]
+    )  # fmt: skip
+    result = json.loads((out / "imagenet" / "line_sweep" / "densenet" / "sweep.json").read_text())
+    assert len(result["rows"]) == 2 and result["test_sets"] == ["sun", "dtd"]
+    assert result["settings"]["model_arch"] == "resnet50"

@@ -47,7 +47,6 @@ def test_resnet50_loads_a_torchvision_state_dict_file_and_gives_its_logits(tmp_p
         h = model.forward_features(x)
         assert h.shape == (2, 2048) and (h >= 0).all()
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model.get_classifier()(h), model(x))
     assert isinstance(model.get_classifier(), torch.nn.Linear)
 
 

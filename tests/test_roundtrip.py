@@ -180,3 +180,34 @@ def test_sweep_validation_split_is_seeded_and_disjoint():
     val, test = split_indices(100, 0.2, seed=0)
     assert len(val) == 20 and len(test) == 80 and not set(val) & set(test)
     np.testing.assert_array_equal(val, split_indices(100, 0.2, seed=0)[0])
+
+
+@pytest.mark.parametrize(
+    "method,grid",
+    [("dice", "p=50,90"), ("react", "percentile=80,90"), ("knn", "k=1,5"), ("line", None)],
+)
+def test_sweep_of_each_detector_runs_from_the_cache_without_a_forward_pass(
+    run, data_root, capsys, method, grid
+):
+    import sweep
+
+    _, work, common = run
+    args = [
+        *common,
+        "--out-datasets",
+        "dtd",
+        "--val-ood",
+        str(data_root / "plain"),
+        "--base-dir",
+        str(work / "sw"),
+    ]
+    sweep.main(
+        [*args, "--method", "line", "--grid", "p_w=90", "--grid", "p_a=90", "--grid", "clip_threshold=1.0"]
+    )
+    sweep.main([*args, "--method", method, *(["--grid", grid] if grid else [])])  # every set is cached now
+    name = {"react": "react", "dice": "dice", "knn": "knn", "line": "line"}[method]
+    result = json.loads((work / "sw" / "CIFAR-10" / f"{name}_sweep" / "densenet" / "sweep.json").read_text())
+    assert result["images_forwarded"] == 0
+    expected = 100 if method == "line" else 2  # LINe's default grid: 5 p_w x 5 p_a x 4 tau
+    assert len(result["rows"]) == expected
+    assert result["selected"] == min(result["rows"], key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))

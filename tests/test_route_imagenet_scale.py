@@ -44,6 +44,20 @@ def test_class_thresholds_equal_numpy_percentile_bit_for_bit(p_w):
         np.testing.assert_array_equal(cutoffs[c], (R <= thresholds[c]).sum(axis=0))
 
 
+@pytest.mark.parametrize("p_w", [10, 50, 90])
+def test_thresholds_of_classes_with_all_zero_or_mostly_zero_contributions_equal_numpy(p_w):
+    """Classes without training images have zero contributions: every entry of R_c is +-0."""
+    fc, W, _, contrib = make_head(C=60, D=80)
+    scales = np.abs(contrib)
+    scales[:20] = 0.0
+    scales[20:30, :70] = 0.0
+    thresholds, cutoffs = ColumnSorted(W).percentiles(scales, p_w)
+    for c in range(len(W)):
+        R = scales[c][None, :] * W
+        assert thresholds[c] == np.percentile(R, p_w), c
+        np.testing.assert_array_equal(cutoffs[c], (R <= thresholds[c]).sum(axis=0))
+
+
 def test_a_missed_sample_bracket_falls_back_to_the_exact_full_partition(monkeypatch):
     monkeypatch.setattr(exact_percentile, "MARGIN_SD", -40.0)  # brackets that exclude the answer
     fc, W, _, contrib = make_head(C=40, D=600, decimals=2)

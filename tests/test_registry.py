@@ -1,0 +1,121 @@
+"""The detector registry: every detector declares what the command line, the sweep and the results
+table read from it, and follows the estimator conventions."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import ood_eval
+from detectors import registry
+from detectors.base import init_params, score_features
+from util.errors import UserError
+
+C, D = 4, 12
+FEATURE_METHODS = [n for n in registry.method_names() if registry.lookup(n)[0].kind == "features"]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(1)
+    fc = torch.nn.Linear(D, C)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(rng.normal(0, 0.5, (C, D))))
+    train = np.maximum(rng.normal(0.3, 1.0, (80, D)), 0).astype(np.float32)
+    labels = np.arange(80) % C
+    stats = {
+        "train_features": train,
+        "train_labels": labels,
+        "mean_feature": train.mean(0).astype(np.float64),
+        "contributions": np.array(
+            [(train[labels == c] * fc.weight[c].detach().numpy()).mean(0) for c in range(C)]
+        ),
+    }
+    test = np.maximum(rng.normal(0.3, 1.2, (30, D)), 0).astype(np.float32)
+    return fc, stats, test
+
+
+@pytest.mark.parametrize("cls", registry.DETECTORS, ids=lambda c: c.name)
+def test_each_detector_declares_name_paper_params_defaults_and_search_space_of_its_own_parameters(cls):
+    params = set(init_params(cls))
+    assert cls.name and cls.paper
+    assert {p.name for p in cls.params} <= params
+    for defaults in cls.defaults.values():
+        assert set(defaults) <= params
+    space = cls.search_space(342)
+    assert set(space) <= params and all(len(v) >= 1 for v in space.values())
+    for fixed in cls.variants().values():
+        assert set(fixed) <= params
+    fit_args = list(inspect.signature(cls.fit).parameters)[2:]
+    assert all(a in ("train_features", "train_labels", "mean_feature", "contributions", "input_std", "chunk")
+               for a in fit_args)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", registry.method_names())
+def test_every_method_name_builds_a_detector_whose_run_name_is_that_name(name):
+    assert registry.build(name, "CIFAR-10").run_name() == name
+
+
+def test_aliases_and_reordered_line_ablations_resolve_to_the_canonical_detector():
+    assert registry.build("taylor", "CIFAR-100").run_name() == "line"
+    assert registry.build("line_wp_ac", "CIFAR-10").run_name() == "line_ac_wp"
+    with pytest.raises(UserError, match="did you mean 'knn'"):
+        registry.lookup("knnn")
+
+
+def test_the_papers_settings_are_the_per_dataset_defaults():
+    line = registry.build("line", "CIFAR-100")
+    assert (line.p_w, line.p_a, line.clip_threshold) == (90.0, 10.0, 1.0)
+    assert registry.build("dice", "imagenet").p == 70.0 and registry.build("dice", "CIFAR-10").p == 90.0
+    assert registry.build("knn", "imagenet").k == 1000 and registry.build("knn", "CIFAR-10").k == 50
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_fit_leaves_the_parameters_as_set_and_stores_fitted_state_with_a_trailing_underscore(problem, name):
+    fc, stats, test = problem
+    detector = registry.build(name, "CIFAR-10", {"k": 3} if name == "knn" else {})
+    before = detector.get_params()
+    attributes = set(vars(detector))
+    detector.fit(fc, **{k: stats[k] for k in detector.needs()})
+    assert detector.get_params() == before
+    assert all(a.endswith("_") for a in set(vars(detector)) - attributes)
+    scores, preds = score_features(detector, test)
+    assert scores.shape == (30,) and np.isfinite(scores).all() and preds.shape == (30,)
+
+
+def test_with_params_shares_the_fit_only_when_the_fit_does_not_depend_on_the_change(problem):
+    fc, stats, test = problem
+    line = registry.build("line", "CIFAR-10").fit(fc, contributions=stats["contributions"])
+    looser = line.with_params(clip_threshold=2.0)
+    assert looser.route_ is line.route_ and line.clip_threshold == 1.0 and looser.clip_threshold == 2.0
+    refit = line.with_params(p_w=50.0)
+    assert not hasattr(refit, "route_") and line.p_w == 90.0
+    expected, _ = score_features(registry.build("line", "CIFAR-10", {"clip_threshold": 2.0}).fit(fc, **{
+        "contributions": stats["contributions"]}), test)  # fmt: skip
+    np.testing.assert_array_equal(score_features(looser, test)[0], expected)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--method", "line", "--p", "90"], "--p applies to none of the chosen method"),
+        (["--method", "dice", "--p-w", "50"], "--p-w applies to none of the chosen method"),
+        (["--methods", "energy,knn", "--vim-dim", "8"], "--vim-dim applies to none of the chosen method"),
+        (["--method", "line", "--methods", "knn"], "not both"),
+    ],
+)
+def test_a_flag_of_no_chosen_method_is_an_error_naming_both(flags, message):
+    with pytest.raises(UserError, match=message):
+        ood_eval.config_from_flags(flags)
+
+
+def test_the_original_energy_flags_mean_dice_and_react():
+    assert ood_eval.config_from_flags(["--p", "90"]).detectors[0].method == "dice"
+    assert ood_eval.config_from_flags(["--clip_threshold", "1.0"]).detectors[0].method == "react"
+    assert (
+        ood_eval.config_from_flags(["--method", "dice", "--clip_threshold", "1"]).detectors[0].method
+        == "dice_react"
+    )
