@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CIFAR demo: precompute, then LINe (paper settings), DICE (p = 90) and Energy, for CIFAR-10 and
+# CIFAR demo: precompute, then LINe and DICE (the papers' settings, read from the detector
+# registry: ood_eval.py --show-flags) and Energy, for CIFAR-10 and
 # (where its data exists) CIFAR-100, on the OOD sets found under the data root plus the
 # synthetic gaussian and uniform noise sets. One forward pass per image: the three evaluations
 # share the cached features.
@@ -39,27 +40,33 @@ timed() {  # run a command and print its wall time
     echo "[wall time: $((SECONDS - start)) s]"
 }
 
+paper_flags() {  # the detector flags of a method with the paper's settings, from the registry
+    python ood_eval.py --in-dataset "$1" --method "$2" --show-flags
+}
+
 run_dataset() {
-    local ds=$1 p_w=$2 p_a=$3
+    local ds=$1
     local flags=(--in-dataset "$ds" --data-root "$DATA_ROOT" --cache-dir "$CACHE_DIR" "${EXTRA[@]}")
     local ckpt="$CHECKPOINT_ROOT/$ds/densenet/checkpoint_100.pth.tar"
     if [ -f "$ckpt" ] || [ "$CHECKPOINT_ROOT" != checkpoints ]; then flags+=(--checkpoint "$ckpt"); fi
     read -r -a sets <<< "$(ood_sets)"
+    read -r -a line_flags <<< "$(paper_flags "$ds" taylor)"
+    read -r -a dice_flags <<< "$(paper_flags "$ds" dice)"
     echo "================ ID: $ds   OOD: ${sets[*]} ================"
     echo "---- precompute (contributions, mean feature; caches training features)"
     timed python precompute.py "${flags[@]}"
-    echo "---- LINe (p_w = $p_w, p_a = $p_a, tau = 1.0)"
+    echo "---- LINe (${line_flags[*]})"
     timed python ood_eval.py "${flags[@]}" --base-dir "$BASE_DIR" --out-datasets "${sets[@]}" \
-        --p-w "$p_w" --p-a "$p_a" --method taylor --clip_threshold 1.0
-    echo "---- DICE (p = 90)"
-    timed python ood_eval.py "${flags[@]}" --base-dir "$BASE_DIR" --out-datasets "${sets[@]}" --p 90
+        "${line_flags[@]}" --method taylor
+    echo "---- DICE (${dice_flags[*]})"
+    timed python ood_eval.py "${flags[@]}" --base-dir "$BASE_DIR" --out-datasets "${sets[@]}" "${dice_flags[@]}"
     echo "---- Energy"
     timed python ood_eval.py "${flags[@]}" --base-dir "$BASE_DIR" --out-datasets "${sets[@]}"
 }
 
-run_dataset CIFAR-10 90 90
+run_dataset CIFAR-10
 if [ -d "$DATA_ROOT/CIFAR-100" ] || [ -d "$DATA_ROOT/cifar-100-python" ]; then
-    run_dataset CIFAR-100 90 10
+    run_dataset CIFAR-100
 else
     echo "CIFAR-100: no $DATA_ROOT/CIFAR-100 or $DATA_ROOT/cifar-100-python; skipped"
 fi

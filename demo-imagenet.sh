@@ -52,13 +52,16 @@ else
 fi
 R50=(--in-dataset imagenet --name imagenet --model-arch resnet50 --data-root "$DATA_ROOT")
 BIT=(--in-dataset imagenet --name BiT-S-R101x1 --model-arch BiT-S-R101x1 --checkpoint "$BIT_FILE" --data-root "$DATA_ROOT")
+# The papers' ImageNet settings, from the detector registry (LINe: p_w = p_a = 10, tau = 0.8; DICE: p = 70).
+read -r -a LINE <<< "$(python ood_eval.py --in-dataset imagenet --method taylor --show-flags)"
+read -r -a DICE <<< "$(python ood_eval.py --in-dataset imagenet --method dice --show-flags)"
 set -x
 # ResNet-50: class contributions (LINe) and mean feature (DICE) from one pass over the training set.
 "${RUN[@]}" precompute.py "${R50[@]}" "$@"
-"${RUN[@]}" ood_eval.py "${R50[@]}" --p-w 10 --p-a 10 --method taylor --clip_threshold 0.8 "$@"  # LINe
-"${RUN[@]}" ood_eval.py "${R50[@]}" --p 70 "$@"                                                    # DICE
-"${RUN[@]}" ood_eval.py "${R50[@]}" "$@"                                                           # Energy
+"${RUN[@]}" ood_eval.py "${R50[@]}" "${LINE[@]}" --method taylor "$@"  # LINe
+"${RUN[@]}" ood_eval.py "${R50[@]}" "${DICE[@]}" "$@"                  # DICE
+"${RUN[@]}" ood_eval.py "${R50[@]}" "$@"                               # Energy
 if [ "${SKIP_BIT:-0}" != 1 ]; then
     "${RUN[@]}" precompute.py "${BIT[@]}" "$@"
-    "${RUN[@]}" ood_eval.py "${BIT[@]}" --p 70 "$@"                                                # DICE
+    "${RUN[@]}" ood_eval.py "${BIT[@]}" "${DICE[@]}" "$@"              # DICE
 fi

@@ -20,7 +20,14 @@ import argparse
 
 from pipeline.config import EvalConfig
 from pipeline.evaluate import evaluate
-from pipeline.flags import add_detector_args, add_method_args, add_run_args, config_values, detector_runs
+from pipeline.flags import (
+    add_detector_args,
+    add_method_args,
+    add_run_args,
+    config_values,
+    detector_runs,
+    flags_of,
+)
 from util.argtypes import positive_int
 from util.data import CIFAR_OOD_SETS
 from util.metrics import FPR_CONVENTIONS
@@ -69,17 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write score histograms and ROC curves (PNG) to {result dir}/plots/",
     )
+    parser.add_argument(
+        "--show-flags",
+        action="store_true",
+        help="print the detector flags of the chosen method with their values for --in-dataset (the "
+        "papers' settings unless given) and exit; the demos read the settings this way",
+    )
     add_detector_args(parser)
     return parser
 
 
-def config_from_flags(argv=None) -> EvalConfig:
-    args = build_parser().parse_args(argv)
+def config_of(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(**config_values(args, EvalConfig), detectors=detector_runs(args, args.in_dataset))
 
 
+def config_from_flags(argv=None) -> EvalConfig:
+    return config_of(build_parser().parse_args(argv))
+
+
 def main(argv=None) -> None:
-    evaluate(config_from_flags(argv))
+    args = build_parser().parse_args(argv)
+    config = config_of(args)
+    if args.show_flags:
+        print("\n".join(" ".join(flags_of(run.detector)) for run in config.detectors))
+        return
+    evaluate(config)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ MODELS = {
     "densenet": ModelSpec(lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5)),
     "resnet50": ModelSpec(lambda c: ResNet50(num_classes=c), (ResNet50.input_mean, ResNet50.input_std)),
     "BiT-S-R101x1": ModelSpec(
-        lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c), (ResNetV2.input_mean, ResNetV2.input_std)
+        lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c),
+        (ResNetV2.input_mean, ResNetV2.input_std),
     ),
 }
 MODEL_NAMES = tuple(MODELS)

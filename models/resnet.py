@@ -15,6 +15,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 # The input statistics torchvision's ImageNet weights were trained with.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
+
 class ResNet50(ResNet):
     """torchvision's ResNet-50 plus ``forward_features`` / ``get_classifier``."""
 

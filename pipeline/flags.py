@@ -119,6 +119,18 @@ def given_params(args: argparse.Namespace, detector_class) -> dict:
     return out
 
 
+def flags_of(detector) -> list[str]:
+    """The command-line flags that set ``detector``'s parameters as they are (switches when set)."""
+    out = []
+    for param in detector.params:
+        value = getattr(detector, param.name)
+        if param.is_switch:
+            out += [param.flags[0]] if value == param.const else []
+        elif value is not None:
+            out += [param.flags[0], f"{value:g}" if isinstance(value, float) else str(value)]
+    return out
+
+
 def method_choices() -> list[str]:
     return registry.method_names() + list(registry.aliases())
 
