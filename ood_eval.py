@@ -22,14 +22,13 @@ from pipeline.config import EvalConfig
 from pipeline.evaluate import evaluate
 from pipeline.flags import (
     add_detector_args,
+    add_evaluation_args,
     add_method_args,
     add_run_args,
     config_values,
     detector_runs,
     flags_of,
 )
-from util.argtypes import positive_int
-from util.data import CIFAR_OOD_SETS
 from util.metrics import FPR_CONVENTIONS
 from util.runtime import run_cli
 
@@ -42,28 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_args(parser)
     add_method_args(parser)
-    parser.add_argument(
-        "--out-datasets",
-        nargs="+",
-        default=None,
-        help=f"OOD set names or folders (default: {' '.join(CIFAR_OOD_SETS)}; "
-        "extra: FashionMNIST gaussian uniform)",
-    )
-    parser.add_argument(
-        "--contrib",
-        default=None,
-        help="LINe contributions file (default: the one precompute.py wrote in --cache-dir)",
-    )
-    parser.add_argument(
-        "--feat-stat", default=None, help="DICE mean-feature file (default: the one in --cache-dir)"
-    )
-    parser.add_argument(
-        "--max-samples",
-        default=None,
-        type=positive_int,
-        help="use N images spread evenly over each set (quick runs)",
-    )
-    parser.add_argument("--base-dir", default="output/ood_scores", help="result directory")
+    add_evaluation_args(parser)
     parser.add_argument(
         "--fpr-convention",
         choices=sorted(FPR_CONVENTIONS),

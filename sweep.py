@@ -18,9 +18,9 @@ import argparse
 
 from detectors import registry
 from pipeline.config import SweepConfig
-from pipeline.flags import add_run_args, config_values, method_choices
+from pipeline.flags import add_evaluation_args, add_run_args, config_values, method_choices
 from pipeline.sweep import sweep
-from util.argtypes import fraction_arg, name_arg, positive_int
+from util.argtypes import fraction_arg, name_arg
 from util.errors import UserError
 from util.runtime import run_cli
 
@@ -46,18 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=V1,V2,...",
         help="replace one axis of the detector's search space (repeatable), e.g. p_w=10,50,90",
     )
-    parser.add_argument("--out-datasets", nargs="+", default=None, help="test OOD sets (reported)")
     parser.add_argument("--val-ood", default="gaussian", help="validation OOD set (default: gaussian)")
     parser.add_argument(
         "--val-fraction", type=fraction_arg, default=0.2, help="ID test share for validation (default 0.2)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the ID validation split")
-    parser.add_argument(
-        "--max-samples", default=None, type=positive_int, help="use N images spread evenly over each test set"
-    )
-    parser.add_argument("--contrib", default=None, help="LINe contributions file")
-    parser.add_argument("--feat-stat", default=None, help="DICE mean-feature file")
-    parser.add_argument("--base-dir", default="output/ood_scores", help="result directory")
+    add_evaluation_args(parser)
     return parser
 
 

@@ -13,7 +13,7 @@ from detectors import registry
 from detectors.base import Param
 from models import MODEL_NAMES
 from util.argtypes import name_arg, nonnegative_int, positive_int
-from util.data import IN_DATASETS
+from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
 from util.errors import UserError
 
 from .config import DetectorRun, RunConfig
@@ -75,6 +75,32 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         help="forward-pass precision: fp32 (default, exact), bf16 autocast (CPU/CUDA), "
         "fp16 autocast (CUDA); reduced precision is cached separately",
     )
+
+
+def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
+    """The sets scored and where results go (ood_eval.py and sweep.py)."""
+    parser.add_argument(
+        "--out-datasets",
+        nargs="+",
+        default=None,
+        help=f"OOD set names or folders (default: the papers' sets, {' '.join(CIFAR_OOD_SETS)} on CIFAR, "
+        f"{' '.join(IMAGENET_OOD_SETS)} on ImageNet; extra: FashionMNIST gaussian uniform)",
+    )
+    parser.add_argument(
+        "--contrib",
+        default=None,
+        help="LINe contributions file (default: the one precompute.py wrote in --cache-dir)",
+    )
+    parser.add_argument(
+        "--feat-stat", default=None, help="DICE mean-feature file (default: the one in --cache-dir)"
+    )
+    parser.add_argument(
+        "--max-samples",
+        default=None,
+        type=positive_int,
+        help="use N images spread evenly over each set (quick runs)",
+    )
+    parser.add_argument("--base-dir", default="output/ood_scores", help="result directory")
 
 
 def config_values(args: argparse.Namespace, config_class) -> dict:

@@ -119,3 +119,47 @@ def test_the_original_energy_flags_mean_dice_and_react():
         ood_eval.config_from_flags(["--method", "dice", "--clip_threshold", "1"]).detectors[0].method
         == "dice_react"
     )
+
+
+def test_a_new_detector_is_one_class_and_one_registry_entry(monkeypatch, problem):
+    """A detector defined elsewhere joins the command line, the paper defaults and the sweep's
+    search space through the registry alone."""
+    from detectors.base import Detector, Param
+    from pipeline.sweep import grid_of
+    from util.argtypes import positive_float
+
+    class ScaledEnergy(Detector):
+        name = "scaled_energy"
+        paper = "a test"
+        params = (Param("scale", ("--energy-scale",), "logit scale", positive_float),)
+        defaults = {"CIFAR-100": {"scale": 3.0}}
+
+        def __init__(self, scale: float = 1.0):
+            self.scale = scale
+
+        @classmethod
+        def search_space(cls, feature_dim):
+            return {"scale": (0.5, 1.0)}
+
+        def logits(self, h):
+            return self.scale * self.fc_(h)
+
+    monkeypatch.setattr(registry, "DETECTORS", (*registry.DETECTORS, ScaledEnergy))
+    config = ood_eval.config_from_flags(["--methods", "energy,scaled_energy", "--energy-scale", "2"])
+    assert [run.method for run in config.detectors] == ["energy", "scaled_energy"]
+    assert config.detectors[1].detector.scale == 2.0
+    assert (
+        ood_eval.config_from_flags(["--in-dataset", "CIFAR-100", "--method", "scaled_energy"])
+        .detectors[0]
+        .detector.scale
+        == 3.0
+    )
+    from pipeline.config import SweepConfig
+
+    assert grid_of(SweepConfig(method="scaled_energy"), D) == {"scale": (0.5, 1.0)}
+    fc, _, test = problem
+    scores, _ = score_features(ScaledEnergy(2.0).fit(fc), test)
+    logits = 2.0 * (
+        test.astype(np.float64) @ fc.weight.detach().double().numpy().T + fc.bias.detach().double().numpy()
+    )
+    np.testing.assert_allclose(scores, np.log(np.exp(logits).sum(1)), rtol=1e-5)
