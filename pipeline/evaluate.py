@@ -84,35 +84,23 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     results = []
     for run in runs:
         t0 = time.time()
-        detector = run.detector
-        if detector.kind == "network":
-            detector.fit(extractor.model, setup.input_std(tf))
-            scores, preds, labels = score_images(detector, datasets, extractor, tags)
-            labels = labels["in"]
-        else:
-            try:
-                detector.fit(fc, **stats.for_detector(detector))
-            except ValueError as exc:
-                raise UserError(f"{run.method}: {exc}") from None
-            scores, preds = score_cached(detector, features)
-            labels = features["in"].labels
+        scores, preds, labels = _fit_and_score(run, fc, stats, features, datasets, extractor, tags, tf)
         skipped = {k: extractor.skipped[t] for k, t in tags.items() if t in extractor.skipped}
         settings = {
             **base,
             "method": run.method,
             "method_flag": run.flag,
-            "detector": {**detector.get_params(), **detector.fitted_values()},
+            "detector": {**run.detector.get_params(), **run.detector.fitted_values()},
             "files": {"checkpoint": {"path": str(checkpoint), "sha256": model_key["checkpoint_sha256"]}}
-            | stats.files_for(detector),
+            | stats.files_for(run.detector),
             "num_images_used": {k: len(v) for k, v in scores.items()},
             "skipped_bad_images": skipped,
         }
         result = report.method_result(run.method, scores, preds, labels, names, settings)
         result.settings["seconds"] = round(time.time() - t0, 2)
         out_dir = report.result_dir(config.base_dir, config.in_dataset, run.method, config.name)
-        report.write_result(
-            out_dir, result, config.plots, f"{run.method} on {config.in_dataset} ({config.name})"
-        )
+        title = f"{run.method} on {config.in_dataset} ({config.name})"
+        report.write_result(out_dir, result, config.plots, title)
         for key, files in skipped.items():
             print(
                 f"{key}: {len(datasets[key])} images requested, {len(files)} unreadable skipped, "
@@ -126,3 +114,19 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         print(report.methods_table(results, names, config.in_dataset, config.name, config.fpr_convention))
     print(f"forward passes: {extractor.images_forwarded} images ({time.time() - start:.1f} s in all)")
     return results
+
+
+def _fit_and_score(run, fc, stats, features, datasets, extractor, tags, tf):
+    """(scores, predictions per set, ID labels) of one detector: fitted on the head and its
+    statistics and scored from the cache, or for a network-level detector, on the images."""
+    detector = run.detector
+    if detector.kind == "network":
+        detector.fit(extractor.model, setup.input_std(tf))
+        scores, preds, labels = score_images(detector, datasets, extractor, tags)
+        return scores, preds, labels["in"]
+    try:
+        detector.fit(fc, **stats.for_detector(detector))
+    except ValueError as exc:
+        raise UserError(f"{run.method}: {exc}") from None
+    scores, preds = score_cached(detector, features)
+    return scores, preds, features["in"].labels

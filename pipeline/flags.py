@@ -224,7 +224,9 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
         cls, _ = registry.lookup(name)
         given = given_params(args, cls)
         used |= {param_dest(p) for p in cls.params}
-        runs.append(DetectorRun(flag, registry.build(name, in_dataset, given)))
+        run = DetectorRun(flag, registry.build(name, in_dataset, given))
+        if run.method not in {r.method for r in runs}:  # line,taylor: one method, evaluated once
+            runs.append(run)
     unused = [
         param.flags[0]
         for param, _ in registry.all_params()

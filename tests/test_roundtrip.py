@@ -211,3 +211,16 @@ def test_sweep_of_each_detector_runs_from_the_cache_without_a_forward_pass(
     expected = 100 if method == "line" else 2  # LINe's default grid: 5 p_w x 5 p_a x 4 tau
     assert len(result["rows"]) == expected
     assert result["selected"] == min(result["rows"], key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
+
+
+def test_sweep_of_a_network_level_detector_runs_the_network_for_each_setting(run, data_root):
+    import sweep
+
+    _, work, common = run
+    sweep.main(
+        [*common, "--method", "odin", "--out-datasets", "dtd", "--val-ood", str(data_root / "plain"),
+         "--max-samples", "8", "--grid", "temperature=1,1000", "--grid", "noise=0", "--base-dir", str(work / "sw")]
+    )  # fmt: skip
+    result = json.loads((work / "sw" / "CIFAR-10" / "odin_sweep" / "densenet" / "sweep.json").read_text())
+    assert [r["temperature"] for r in result["rows"]] == [1.0, 1000.0]
+    assert len({r["val_AUROC"] for r in result["rows"]} | {r["test_AUROC"] for r in result["rows"]}) > 1
