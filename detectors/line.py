@@ -104,8 +104,11 @@ class LINe(Detector):
 
     @classmethod
     def variants(cls) -> dict[str, dict]:
+        """line, then the ablations keeping two parts, one part, none (the paper's table order)."""
         out = {}
-        for ac, ap, wp in itertools.product((True, False), repeat=3):
+        for ac, ap, wp in sorted(
+            itertools.product((True, False), repeat=3), key=lambda s: (-sum(s), line_name(*s))
+        ):
             switches = {"activation_clipping": ac, "activation_pruning": ap, "weight_pruning": wp}
             out[line_name(ac, ap, wp)] = {k: v for k, v in switches.items() if not v}
         return out

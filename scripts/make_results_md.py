@@ -56,13 +56,10 @@ def load_results(base_dir: Path, in_dataset: str, name: str) -> dict[str, dict]:
 
 
 def method_order(methods) -> list[str]:
-    """The registry's order; DICE+ReAct after DICE, LINe ablations by how many parts they keep."""
+    """The registry's order (LINe's ablations by how many parts they keep); DICE+ReAct after DICE."""
 
     def key(m):
-        if m == "dice_react":
-            return (*order_key("dice"), 1, m)
-        parts = line_parts(m)
-        return (*order_key(m), -sum(parts) if parts else 0, m)
+        return (*order_key("dice"), 1) if m == "dice_react" else (*order_key(m), 0)
 
     return sorted(methods, key=key)
 

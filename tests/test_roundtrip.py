@@ -219,7 +219,8 @@ def test_sweep_of_a_network_level_detector_runs_the_network_for_each_setting(run
     _, work, common = run
     sweep.main(
         [*common, "--method", "odin", "--out-datasets", "dtd", "--val-ood", str(data_root / "plain"),
-         "--max-samples", "8", "--grid", "temperature=1,1000", "--grid", "noise=0", "--base-dir", str(work / "sw")]
+         "--max-samples", "8", "--grid", "temperature=1,1000", "--grid", "noise=0",
+         "--base-dir", str(work / "sw")]
     )  # fmt: skip
     result = json.loads((work / "sw" / "CIFAR-10" / "odin_sweep" / "densenet" / "sweep.json").read_text())
     assert [r["temperature"] for r in result["rows"]] == [1.0, 1000.0]
