@@ -18,9 +18,9 @@ import argparse
 
 from detectors import registry
 from pipeline.config import SweepConfig
-from pipeline.flags import add_evaluation_args, add_run_args, config_values, method_choices
+from pipeline.flags import add_evaluation_args, add_run_args, config_values, method_arg, method_choices
 from pipeline.sweep import sweep
-from util.argtypes import fraction_arg, name_arg
+from util.argtypes import fraction_arg
 from util.errors import UserError
 from util.runtime import run_cli
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--method",
         default="line",
-        type=name_arg(method_choices(), "method"),
+        type=method_arg,
         metavar="METHOD",
         help=f"the detector to sweep (default: line): {', '.join(method_choices())}",
     )

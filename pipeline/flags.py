@@ -161,11 +161,20 @@ def method_choices() -> list[str]:
     return registry.method_names() + list(registry.aliases())
 
 
+def method_arg(text: str) -> str:
+    """argparse type: a method name or alias of the registry (LINe ablation parts in any order)."""
+    try:
+        registry.lookup(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         default=None,
-        type=name_arg(method_choices(), "method"),
+        type=method_arg,
         metavar="METHOD",
         help="one method (default: energy; energy with --p is DICE, with --clip_threshold ReAct, as in "
         f"the original code): {', '.join(method_choices())}",
