@@ -33,14 +33,6 @@ from torch import nn
 
 from models.heads import cpu_copy
 
-# The ID training statistics a detector's fit may ask for, by the name of its fit argument.
-STATISTICS = {
-    "mean_feature": "mean penultimate feature over the ID training set, (D,) (DICE's feat_stat file)",
-    "contributions": "class-mean Taylor contributions, (C, D) (LINe's mean_class file)",
-    "train_features": "penultimate features of the ID training set, (N, D)",
-    "train_labels": "labels of the ID training set, (N,)",
-}
-
 
 def init_params(cls) -> list[str]:
     """Names of the hyperparameters of a detector class: its ``__init__`` arguments."""
@@ -91,6 +83,11 @@ class Detector:
         return {cls.name: {}}
 
     @classmethod
+    def run_names(cls) -> list[str]:
+        """Every name ``run_name()`` can give (results folders), in table order."""
+        return list(cls.variants())
+
+    @classmethod
     def canonical(cls, name: str) -> str | None:
         """The variant a method name means (variants may accept spellings of their own), or None."""
         return name if name in cls.variants() else None
@@ -117,6 +114,10 @@ class Detector:
     def fitted_values(self) -> dict[str, Any]:
         """Scalar fitted values worth recording (a threshold or dimension chosen by ``fit``)."""
         return {k: v for k, v in vars(self).items() if k.endswith("_") and isinstance(v, (int, float))}
+
+    def inert_params(self) -> set[str]:
+        """Parameters that have no effect given the others (ReAct's percentile when tau is given)."""
+        return set()
 
     def needs(self) -> tuple[str, ...]:
         """The statistics ``fit`` needs: its required arguments after the head."""

@@ -37,6 +37,10 @@ class DICE(Detector):
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"p": (10.0, 30.0, 50.0, 70.0, 90.0)}
 
+    @classmethod
+    def run_names(cls) -> list[str]:
+        return ["dice", "dice_react"]
+
     def run_name(self) -> str:
         return "dice" if self.clip_threshold is None else "dice_react"
 

@@ -59,6 +59,8 @@ class KNN(Detector):
                 np.random.default_rng(self.seed).choice(n, max(1, round(self.fraction * n)), False)
             )
             features = np.asarray(features)[keep]
+        if len(features) < self.k:
+            raise ValueError(f"KNN k = {self.k} exceeds the {len(features)} training features")
         self.bank_ = normalise(torch.from_numpy(np.array(features, dtype=np.float32)))
         return self
 

@@ -125,7 +125,16 @@ class LINe(Detector):
         return {"p_w": grid, "p_a": grid, "clip_threshold": (0.5, 0.8, 1.0, 1.5)}
 
     def run_name(self) -> str:
-        return line_name(self.activation_clipping, self.activation_pruning, self.weight_pruning)
+        clips = self.activation_clipping and self.clip_threshold is not None
+        return line_name(clips, self.activation_pruning, self.weight_pruning)
+
+    def inert_params(self) -> set[str]:
+        switches = (
+            ("clip_threshold", self.activation_clipping),
+            ("p_a", self.activation_pruning),
+            ("p_w", self.weight_pruning),
+        )
+        return {name for name, on in switches if not on}
 
     @property
     def tau(self) -> float:

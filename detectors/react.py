@@ -56,6 +56,9 @@ class ReAct(Detector):
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"percentile": (80.0, 85.0, 90.0, 95.0, 99.0)}
 
+    def inert_params(self) -> set[str]:
+        return {"percentile"} if self.clip_threshold is not None else set()
+
     def needs(self) -> tuple[str, ...]:
         return () if self.clip_threshold is not None else ("train_features",)
 

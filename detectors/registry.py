@@ -80,18 +80,20 @@ def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> De
     return cls(**{**cls.defaults_for(in_dataset), **fixed, **given})
 
 
-def order_key(method: str) -> tuple[int, int]:
-    """Sort key of a method name in table order (unknown names last)."""
-    names = method_names()
-    return (names.index(method), 0) if method in names else (len(names), 0)
+def run_names() -> list[str]:
+    """Every name a configured detector's results can carry (``dice_react`` too), in table order."""
+    return [name for cls in DETECTORS for name in cls.run_names()]
+
+
+def order_key(method: str) -> int:
+    """Position of a results name in table order (unknown names last)."""
+    names = run_names()
+    return names.index(method) if method in names else len(names)
 
 
 def paper_of(method: str) -> str:
-    """The citation of a method name (a variant cites its detector's paper)."""
-    try:
-        return lookup(method)[0].paper
-    except UserError:
-        return ""
+    """The citation of a results name (a variant cites its detector's paper)."""
+    return next((cls.paper for cls in DETECTORS if method in cls.run_names()), "")
 
 
 def all_params() -> list[tuple[Param, list[str]]]:

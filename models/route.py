@@ -165,6 +165,8 @@ class RouteLINe(nn.Module):
             )
         n = len(features)
         n_classes, dim = self.weight.shape
+        if n == 0:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
         c_hat = np.empty(n, dtype=np.int64)
         scores, preds = np.empty(n), np.empty(n, dtype=np.int64)
         rows_buf = np.empty((min(chunk, n), dim), dtype=np.float32)

@@ -52,9 +52,18 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     stats = TrainingStatistics(config, model_key, setup.num_classes(config), fc.in_features, extract_train)
     runs = config.detectors
     needs = {name for run in runs for name in run.detector.needs()}
-    for name in FILE_STATISTICS:
-        if name in needs:
-            stats.get(name)
+    error = None
+    if distributed.is_main():  # only rank 0 reads the cache directory (no shared file system needed)
+        try:
+            for name in FILE_STATISTICS:
+                if name in needs:
+                    stats.get(name)
+        except UserError as exc:
+            error = str(exc)
+    if distributed.active():
+        error = distributed.broadcast(error)
+    if error is not None:
+        raise UserError(error)
     ensure_writable_dir(config.base_dir, "output directory")
     by_features = any(run.detector.kind == "features" for run in runs)
     if by_features:

@@ -16,7 +16,7 @@ from util.argtypes import name_arg, nonnegative_int, positive_int
 from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
 from util.errors import UserError
 
-from .config import DetectorRun, RunConfig
+from .config import DetectorRun
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -109,10 +109,6 @@ def config_values(args: argparse.Namespace, config_class) -> dict:
     values["progress"] = not values.pop("no_progress", False)
     names = {f.name for f in fields(config_class)}
     return {k: v for k, v in values.items() if k in names}
-
-
-def run_config(args: argparse.Namespace) -> RunConfig:
-    return RunConfig(**config_values(args, RunConfig))
 
 
 # -- detector flags ----------------------------------------------------------------------------
@@ -218,7 +214,8 @@ def original_method(args: argparse.Namespace) -> str:
 def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun]:
     """The detectors the flags ask for, each configured from its flags over the papers' defaults.
 
-    A detector flag that none of the chosen methods takes is an error naming both.
+    A detector flag that none of the chosen methods takes, or that has no effect on them
+    (``--p-a`` with ``--no-ap``), is an error naming both.
     """
     if args.method is not None and args.methods is not None:
         raise UserError("give --method or --methods, not both")
@@ -232,8 +229,8 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
     for flag, name in zip(flags, names):
         cls, _ = registry.lookup(name)
         given = given_params(args, cls)
-        used |= {param_dest(p) for p in cls.params}
         run = DetectorRun(flag, registry.build(name, in_dataset, given))
+        used |= {param_dest(p) for p in cls.params if p.name not in run.detector.inert_params()}
         if run.method not in {r.method for r in runs}:  # line,taylor: one method, evaluated once
             runs.append(run)
     unused = [
@@ -243,7 +240,8 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
     ]
     if unused:
         raise UserError(
-            f"{', '.join(unused)} applies to none of the chosen method(s) {', '.join(names)}; "
-            "drop the flag or choose a method that takes it"
+            f"{', '.join(unused)} applies to none of the chosen method(s) "
+            f"{', '.join(r.method for r in runs)} (or has no effect on them); drop the flag or choose a "
+            "method that takes it"
         )
     return runs

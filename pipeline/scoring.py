@@ -37,7 +37,8 @@ def score_images(
             if files and not extractor.skip_bad_images:
                 raise UserError(bad_image_message(files, len(ds)))
             if files:
-                extractor.skipped.setdefault(tags[key], []).extend(files)
+                listed = extractor.skipped.setdefault(tags[key], [])  # the cache may have listed them
+                listed += [f for f in files if f not in listed]
                 keep = targets != BAD_IMAGE_LABEL
                 images, targets = images[keep], targets[keep]
             if len(targets) == 0:

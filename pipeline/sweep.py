@@ -43,10 +43,13 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def grid_of(config: SweepConfig, feature_dim: int) -> dict[str, tuple]:
     """The detector's search space with the axes of ``config.grid`` replaced."""
     cls, fixed = registry.lookup(config.method)
-    space = dict(cls.search_space(feature_dim))
+    inert = registry.build(config.method, config.in_dataset).inert_params()
+    space = {k: v for k, v in cls.search_space(feature_dim).items() if k not in inert}
     for name, values in config.grid.items():
         if name in fixed:
             raise UserError(f"--grid {name}: {config.method} fixes {name} = {fixed[name]!r}")
+        if name in inert:
+            raise UserError(f"--grid {name}: {name} has no effect on {config.method}")
         space[name] = tuple(values)
     return space
 
@@ -83,18 +86,18 @@ def sweep(config: SweepConfig) -> dict:
         stacked = np.concatenate(blocks)
         bounds = dict(zip(features, np.cumsum([0, *map(len, blocks)])))
         keys = list(features)
-    n_in = len(datasets["in"])
-    val_idx, test_idx = split_indices(n_in, config.val_fraction, config.seed)
     extracted = time.time()
-    forward_note = (
-        "no forward pass: every set came from the cache"
-        if extractor.images_forwarded == 0
-        else f"{extractor.images_forwarded} images forwarded (now cached)"
-    )
+    if network:
+        forward_note = "a network-level detector: the network runs on every set for each setting"
+    elif extractor.images_forwarded == 0:
+        forward_note = "no forward pass: every set came from the cache"
+    else:
+        forward_note = f"{extractor.images_forwarded} images forwarded (now cached)"
+    val_idx = test_idx = None  # split once the ID scores exist: unreadable images are not scored
     print(
         f"{config.method}: {len(settings)} settings of {', '.join(space) or '(no parameter)'}; "
-        f"features ready in {extracted - start:.1f} s ({forward_note}); ID validation {len(val_idx)} / "
-        f"test {len(test_idx)} images; validation OOD: {config.val_ood}"
+        f"features ready in {extracted - start:.1f} s ({forward_note}); ID validation share "
+        f"{config.val_fraction:g} (seed {config.seed}); validation OOD: {config.val_ood}"
     )
 
     rows, fitted = [], {}
@@ -116,6 +119,8 @@ def sweep(config: SweepConfig) -> dict:
                 fitted = {fit_key: detector}  # settings come in grid order: keep the latest fit
             scores, _ = score_features(detector, stacked)
             part = {k: scores[bounds[k] : bounds[k] + len(features[k])] for k in keys}
+        if val_idx is None:
+            val_idx, test_idx = split_indices(len(part["in"]), config.val_fraction, config.seed)
         id_val, id_test = part["in"][val_idx], part["in"][test_idx]
         test = {s: (fpr_at_95_tpr(id_test, part[s]), auroc(id_test, part[s])) for s in test_names}
         rows.append(
@@ -158,6 +163,7 @@ def sweep(config: SweepConfig) -> dict:
         "rows": rows,
         "val_ood": config.val_ood,
         "val_fraction": config.val_fraction,
+        "val_images": len(val_idx),
         "seed": config.seed,
         "test_sets": test_names,
         "images_forwarded": extractor.images_forwarded,

@@ -56,12 +56,8 @@ def load_results(base_dir: Path, in_dataset: str, name: str) -> dict[str, dict]:
 
 
 def method_order(methods) -> list[str]:
-    """The registry's order (LINe's ablations by how many parts they keep); DICE+ReAct after DICE."""
-
-    def key(m):
-        return (*order_key("dice"), 1) if m == "dice_react" else (*order_key(m), 0)
-
-    return sorted(methods, key=key)
+    """The registry's order (LINe's ablations by how many parts they keep)."""
+    return sorted(methods, key=lambda m: (order_key(m), m))
 
 
 def pct(x: float) -> str:
@@ -109,14 +105,15 @@ def settings_lines(results: dict[str, dict]) -> list[str]:
     for method in method_order(results):
         detector = results[method]["settings"].get("detector", {})
         text = ", ".join(f"{k}={v}" for k, v in detector.items()) or "no parameters"
-        paper = paper_of("dice" if method == "dice_react" else method)
-        lines.append(f"- `{method}` ({paper}): {text}")
+        lines.append(f"- `{method}` ({paper_of(method)}): {text}")
     return lines
 
 
 def regenerate_command(results: dict[str, dict]) -> str:
     """The ood_eval.py command, rebuilt from the settings the results recorded."""
+    # methods_run: a list (a comma-joined string in results.json files of earlier versions)
     runs = [r["settings"]["methods_run"] for r in results.values()]
+    runs = [run.split(",") if isinstance(run, str) else run for run in runs]
     s = next(iter(results.values()))["settings"]
     methods = ",".join(dict.fromkeys(m for run in runs for m in run))
     cmd = ["python", "ood_eval.py", "--in-dataset", s["in_dataset"], "--methods", methods]

@@ -148,6 +148,46 @@ def test_corrupt_image_is_named_or_skipped_and_counted(env, tmp_path, capsys):
     assert settings["num_images_used"][str(folder)] == N_DTD
     assert settings["skipped_bad_images"] == {str(folder): [str(folder / "zz_broken.jpg")]}
 
+    # A network-level detector next to a cached one lists the skipped file once.
+    code, out, _ = run_main(
+        ood_eval,
+        eval_args(env, "--out-datasets", str(folder), "--skip-bad-images", "--methods", "energy,odin"),
+        capsys,
+    )
+    assert code == 0
+    odin = json.loads((env["out"] / "CIFAR-10" / "odin" / "densenet" / "results.json").read_text())[
+        "settings"
+    ]
+    assert odin["skipped_bad_images"] == {str(folder): [str(folder / "zz_broken.jpg")]}
+
+
+def test_sweep_skips_an_unreadable_id_test_image_when_asked(env, tmp_path, capsys):
+    import sweep
+
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in sorted((env["root"] / "CIFAR-10" / split).iterdir()):
+            link_images(cls, root / "CIFAR-10" / split / cls.name, 10)
+    (root / "CIFAR-10" / "test" / "airplane" / "zz_broken.jpg").write_bytes(b"not an image")
+    textures = env["root"] / "ood_datasets" / "dtd" / "images"
+    link_images(textures / "braided", tmp_path / "val_ood", N_DTD)
+    args = [
+        "--data-root",
+        str(root),
+        "--checkpoint",
+        str(env["ckpt"]),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    args += ["--no-progress", "--workers", "0", "--method", "energy", "--out-datasets", str(textures)]
+    args += ["--val-ood", str(tmp_path / "val_ood"), "--base-dir", str(tmp_path / "out"), "--skip-bad-images"]
+    code, _, err = run_main(sweep, args, capsys)
+    assert code == 0, err
+    result = json.loads(
+        (tmp_path / "out" / "CIFAR-10" / "energy_sweep" / "densenet" / "sweep.json").read_text()
+    )
+    assert result["val_images"] == round(0.2 * 10 * TEST_PER_CLASS)  # the broken image is not scored
+
 
 # 3 -------------------------------------------------------------------------------------------
 def test_bad_checkpoints_are_refused_with_the_file_and_the_mismatch(env, tmp_path, capsys):

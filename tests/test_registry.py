@@ -105,6 +105,11 @@ def test_with_params_shares_the_fit_only_when_the_fit_does_not_depend_on_the_cha
         (["--method", "dice", "--p-w", "50"], "--p-w applies to none of the chosen method"),
         (["--methods", "energy,knn", "--vim-dim", "8"], "--vim-dim applies to none of the chosen method"),
         (["--method", "line", "--methods", "knn"], "not both"),
+        (
+            ["--method", "line", "--no-ap", "--p-a", "50"],
+            r"--p-a applies to none .* line_ac_wp \(or has no effect on them\)",
+        ),
+        (["--method", "react", "--clip_threshold", "1", "--react-percentile", "80"], "--react-percentile"),
     ],
 )
 def test_a_flag_of_no_chosen_method_is_an_error_naming_both(flags, message):
@@ -163,3 +168,18 @@ def test_a_new_detector_is_one_class_and_one_registry_entry(monkeypatch, problem
         test.astype(np.float64) @ fc.weight.detach().double().numpy().T + fc.bias.detach().double().numpy()
     )
     np.testing.assert_allclose(scores, np.log(np.exp(logits).sum(1)), rtol=1e-5)
+
+
+def test_knn_with_k_above_the_training_set_is_refused_when_fitted(problem):
+    fc, stats, _ = problem
+    with pytest.raises(ValueError, match="k = 500 exceeds the 80 training features"):
+        registry.build("knn", "CIFAR-10", {"k": 500}).fit(fc, train_features=stats["train_features"])
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_an_empty_feature_array_gives_empty_scores(problem, name):
+    fc, stats, _ = problem
+    detector = registry.build(name, "CIFAR-10", {"k": 3} if name == "knn" else {})
+    detector.fit(fc, **{k: stats[k] for k in detector.needs()})
+    scores, preds = score_features(detector, np.zeros((0, D), dtype=np.float32))
+    assert scores.shape == (0,) and preds.shape == (0,)

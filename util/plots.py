@@ -5,7 +5,7 @@
   beyond the 0.2 / 99.8 percentiles of both sets are counted in the edge bins.
 - ``plot_roc``: ROC curve of one OOD set, ID positive (TPR = fraction of ID kept, FPR = fraction
   of OOD accepted), with the 95% TPR operating point marked.
-- ``plot_sweep_heatmap``: average FPR95 over a (p_w, p_a) grid of a LINe sweep.
+- ``plot_sweep_heatmap``: average FPR95 over two axes of a sweep (LINe: p_w and p_a).
 - ``plot_results``: the histogram and ROC of every OOD set of one result, into a folder.
 """
 
