@@ -124,6 +124,10 @@ class Detector:
         signature = inspect.signature(self.fit).parameters.values()
         return tuple(p.name for p in list(signature)[1:] if p.default is inspect.Parameter.empty)
 
+    @property
+    def is_fitted(self) -> bool:
+        return any(k.endswith("_") for k in vars(self))
+
     def with_params(self, **changes) -> Detector:
         """A new detector with ``changes`` applied; this one is left as it is.
 

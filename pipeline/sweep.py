@@ -100,23 +100,20 @@ def sweep(config: SweepConfig) -> dict:
         f"{config.val_fraction:g} (seed {config.seed}); validation OOD: {config.val_ood}"
     )
 
-    rows, fitted = [], {}
+    rows, last = [], base
     for setting in settings:
-        detector = base.with_params(**setting)
         if network:
-            detector.fit(extractor.model, setup.input_std(tf))
+            detector = base.with_params(**setting).fit(extractor.model, setup.input_std(tf))
             part, _, _ = score_images(detector, datasets, extractor, tags)
         else:
-            depends = detector.fit_params or tuple(detector.get_params())
-            fit_key = tuple(repr(detector.get_params()[k]) for k in depends)
-            if fit_key in fitted:
-                detector = fitted[fit_key].with_params(**setting)
-            else:
+            # Shares the previous setting's fit when only parameters the fit ignores changed.
+            detector = last.with_params(**setting)
+            if not detector.is_fitted:
                 try:
                     detector.fit(fc, **stats.for_detector(detector))
                 except ValueError as exc:
                     raise UserError(f"{config.method} {setting}: {exc}") from None
-                fitted = {fit_key: detector}  # settings come in grid order: keep the latest fit
+            last = detector
             scores, _ = score_features(detector, stacked)
             part = {k: scores[bounds[k] : bounds[k] + len(features[k])] for k in keys}
         if val_idx is None:

@@ -149,6 +149,8 @@ def test_sweep_scores_every_setting_from_the_cache_and_selects_on_the_validation
     import sweep
 
     _, work, common = run
+    call = run[0]
+    call(ood_eval, "--out-datasets", "dtd", str(data_root / "plain"), "--base-dir", str(work / "warm"))
     sweep.main(
         [
             *common,

@@ -254,7 +254,6 @@ class FeatureExtractor:
         # Reduced precision changes the features, so it is part of the cache key (fp32 keys unchanged).
         self.model_key = model_key if precision == "fp32" else {**model_key, "precision": precision}
         self.cache = FeatureCache(cache_dir, self.model_key)
-        self.cache_dir = self.cache.root
         self.batch_size = batch_size
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 1
