@@ -16,14 +16,19 @@ Several methods from one extraction, one table:
 
 from __future__ import annotations
 
+import bootstrap  # noqa: F401  (reruns this script under .venv when this Python has no torch)
+
+# isort: split
 import argparse
 
+from detectors import registry
 from pipeline.config import EvalConfig
 from pipeline.evaluate import evaluate
 from pipeline.flags import (
     add_detector_args,
     add_evaluation_args,
     add_method_args,
+    add_original_eval_args,
     add_run_args,
     config_values,
     detector_runs,
@@ -34,8 +39,9 @@ from util.runtime import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
+    methods = ", ".join([*registry.method_names(), *registry.aliases()])
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        description=__doc__.split("\n\n")[0].replace("\n", " ") + f" Methods: {methods}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Examples") :],
     )
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "papers' settings unless given) and exit; the demos read the settings this way",
     )
     add_detector_args(parser)
+    add_original_eval_args(parser)
     return parser
 
 

@@ -10,6 +10,9 @@ Example: python select_svhn_data.py --data-root datasets
 
 from __future__ import annotations
 
+import bootstrap  # noqa: F401  (reruns this script under .venv when this Python has no torch)
+
+# isort: split
 import argparse
 import os
 import tempfile

@@ -14,6 +14,9 @@ part against the test OOD sets.
 
 from __future__ import annotations
 
+import bootstrap  # noqa: F401  (reruns this script under .venv when this Python has no torch)
+
+# isort: split
 import argparse
 
 from detectors import registry
@@ -29,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+        epilog=__doc__ + "\n" + default_grids(),
     )
     add_run_args(parser)
     parser.add_argument(
@@ -44,15 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=V1,V2,...",
-        help="replace one axis of the detector's search space (repeatable), e.g. p_w=10,50,90",
+        help="replace one axis of the detector's search space (repeatable), e.g. p_w=10,50,90 "
+        "(default: the grids listed below)",
     )
     parser.add_argument("--val-ood", default="gaussian", help="validation OOD set (default: gaussian)")
     parser.add_argument(
         "--val-fraction", type=fraction_arg, default=0.2, help="ID test share for validation (default 0.2)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the ID validation split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the ID validation split (default: 0)")
     add_evaluation_args(parser)
     return parser
+
+
+def default_grids(feature_dim: int = 342) -> str:
+    """The search space of every method (--grid replaces one axis), for --help."""
+    lines = [f"Default grids (the search space; ViM's depends on the feature size, here D = {feature_dim}):"]
+    for method in registry.method_names():
+        cls, _ = registry.lookup(method)
+        space = cls.search_space(feature_dim)
+        text = "; ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in space.items())
+        lines.append(f"  {method:<12} {text or '(no parameters)'}")
+    return "\n".join(lines)
 
 
 def parse_grid(method: str, items: list[str]) -> dict[str, tuple]:

@@ -22,7 +22,10 @@ class DICE(Detector):
     paper = "Sun & Li, ECCV 2022"
     params = (
         Param(
-            "p", ("--p",), "DICE sparsity percentile p (paper: 90 on CIFAR, 70 on ImageNet)", percentile_arg
+            "p",
+            ("--p",),
+            "DICE sparsity percentile p (default: the paper's, 90 on CIFAR, 70 on ImageNet)",
+            percentile_arg,
         ),
         CLIP_THRESHOLD,
     )

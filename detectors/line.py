@@ -62,13 +62,14 @@ class LINe(Detector):
         Param(
             "p_w",
             ("--p-w",),
-            "LINe weight-pruning percentile (paper: 90 on CIFAR, 10 on ImageNet)",
+            "LINe weight-pruning percentile (default: the paper's, 90 on CIFAR, 10 on ImageNet)",
             percentile_arg,
         ),
         Param(
             "p_a",
             ("--p-a",),
-            "LINe activation-pruning percentile (paper: 90 CIFAR-10, 10 CIFAR-100 and ImageNet)",
+            "LINe activation-pruning percentile (default: the paper's, 90 CIFAR-10, 10 CIFAR-100 and "
+            "ImageNet)",
             percentile_arg,
         ),
         CLIP_THRESHOLD,

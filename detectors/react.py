@@ -21,8 +21,8 @@ from .base import Detector, Param
 CLIP_THRESHOLD = Param(
     "clip_threshold",
     ("--clip_threshold", "--clip-threshold"),
-    "activation clipping tau: h' = min(h, tau) (LINe, DICE+ReAct, ReAct; LINe paper: 1.0 on CIFAR, "
-    "0.8 on ImageNet)",
+    "activation clipping tau: h' = min(h, tau) (LINe, DICE+ReAct, ReAct; default: LINe's paper setting, "
+    "1.0 on CIFAR and 0.8 on ImageNet; for ReAct the --react-percentile percentile; for DICE none)",
     nonnegative_float,
 )
 BLOCK_ROWS = 4096

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -46,6 +47,8 @@ def get_model(name: str, num_classes: int, checkpoint=None) -> nn.Module:
         close = difflib.get_close_matches(name, MODEL_NAMES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.{hint}")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint not found: {checkpoint}")
     model = MODELS[name].build(num_classes)
     if checkpoint is not None:
         # A model may read its own formats (BiT: Google's .npz); the default is a PyTorch file.

@@ -28,9 +28,12 @@ PUBLISHED_CHECKPOINTS = {
 }
 
 
-def default_checkpoint_path(in_dataset: str, name: str, root: str | os.PathLike = "checkpoints") -> Path:
-    """``{root}/{in_dataset}/{name}/checkpoint_100.pth.tar``, the original repositories' layout."""
-    return Path(root) / in_dataset / name / f"checkpoint_{CHECKPOINT_EPOCH}.pth.tar"
+def default_checkpoint_path(
+    in_dataset: str, name: str, root: str | os.PathLike = "checkpoints", epoch: int = CHECKPOINT_EPOCH
+) -> Path:
+    """``{root}/{in_dataset}/{name}/checkpoint_{epoch}.pth.tar``, the original repositories' layout
+    (their ``--epochs`` flag names the file; 100 for the published DenseNet-101s)."""
+    return Path(root) / in_dataset / name / f"checkpoint_{epoch}.pth.tar"
 
 
 def download_published_checkpoint(in_dataset: str, name: str, dest: Path) -> Path:
@@ -62,9 +65,15 @@ def download_published_checkpoint(in_dataset: str, name: str, dest: Path) -> Pat
 
 
 def resolve_checkpoint(
-    checkpoint: str | None, in_dataset: str, name: str, model_arch: str | None = None
+    checkpoint: str | None,
+    in_dataset: str,
+    name: str,
+    model_arch: str | None = None,
+    epoch: int = CHECKPOINT_EPOCH,
+    download: bool = True,
 ) -> Path:
-    """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent.
+    """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent
+    (``download=False``: a UserError saying what is missing instead).
 
     ImageNet models without a checkpoint under the default path use the papers' pretrained
     weights (``pretrained_imagenet_checkpoint``).
@@ -74,11 +83,19 @@ def resolve_checkpoint(
         if not path.is_file():
             raise UserError(f"checkpoint not found: {path} (given with --checkpoint)")
         return path
-    path = default_checkpoint_path(in_dataset, name)
+    path = default_checkpoint_path(in_dataset, name, epoch=epoch)
     if path.is_file():
         return path
     if in_dataset == "imagenet" and model_arch in IMAGENET_PRETRAINED:
+        if not download:
+            candidates, url = imagenet_weight_candidates(model_arch)
+            found = [p for p in candidates if p.is_file()]
+            if not found:
+                raise UserError(f"{model_arch} weights not found at {candidates[0]} (get {url})")
+            return found[0]
         return pretrained_imagenet_checkpoint(model_arch)
+    if not download:
+        raise UserError(f"checkpoint not found: {path}")
     return download_published_checkpoint(in_dataset, name, path)
 
 
@@ -130,6 +147,8 @@ def pretrained_imagenet_checkpoint(model_arch: str, root: str | os.PathLike = "c
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint with ``weights_only=True``; accept {'state_dict': ...} or a bare state_dict."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

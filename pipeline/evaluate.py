@@ -6,8 +6,14 @@
    then the ID test set and every OOD set: one forward pass per image, ever. Under torchrun every
    process forwards its share and rank 0 alone goes on.
 3. Each detector in turn is fitted, scores every set (network-level detectors run the network
-   on the images instead), and its result is written to
-   ``{base_dir}/{in_dataset}/{method}/{name}/``: results.json, scores/<set>.npy, plots/.
+   on the images instead), and its run is kept in a folder of its own settings
+   (``pipeline/runs.py``): ``{base_dir}/{in_dataset}/{method}/{name}/runs/<run id>/``, copied as
+   the method's latest to ``{base_dir}/{in_dataset}/{method}/{name}/`` (results.json,
+   scores/<set>.npy, plots/); the original code's per-image text files go to their own paths
+   (``pipeline/original_files.py``).
+
+``--in-dist-only`` / ``--out-dist-only`` score part of the sets into the same run folder, and the
+metrics follow once both parts are there; ``--cal-metric`` computes them from a saved run alone.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from util import distributed
 from util.errors import UserError
+from util.io import save_scores
 from util.runtime import code_version, ensure_writable_dir
 
-from . import report, setup
+from . import original_files, report, setup
+from . import runs as runs_store
 from .config import EvalConfig
 from .report import MethodResult
-from .scoring import score_cached, score_images
+from .scoring import max_softmax, score_cached, score_images
 from .statistics import TrainingStatistics
 
 FILE_STATISTICS = ("mean_feature", "contributions")
@@ -31,11 +41,17 @@ TRAIN_STATISTICS = ("train_features", "train_labels")
 
 def evaluate(config: EvalConfig) -> list[MethodResult]:
     """Evaluate every detector of ``config``; returns the results (rank 0; [] on other ranks)."""
+    if config.cal_metric:
+        return metrics_from_saved(config)
     start = time.time()
     ensure_writable_dir(config.cache_dir, "cache directory")
     config.device = distributed.setup(config.device)  # torchrun: join the process group
     tf = setup.transform(config)
     datasets, names = setup.test_sets(config, tf, config.out_datasets)
+    if config.only == "in":  # --in-dist-only
+        datasets = {"in": datasets["in"]}
+    elif config.only == "out":  # --out-dist-only
+        datasets = {k: v for k, v in datasets.items() if k != "in"}
     model, model_key, checkpoint = setup.load_classifier(config)
     fc = model.get_classifier()
     extractor = setup.make_extractor(config, model, model_key)
@@ -90,52 +106,198 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         "device": str(extractor.device),
         "num_images": {k: len(v) for k, v in datasets.items()},
     }
-    results = []
+    results, fits = [], {}
+    owners = original_files.owners([run.method for run in runs])
     for run in runs:
         t0 = time.time()
-        scores, preds, labels = _fit_and_score(run, fc, stats, features, datasets, extractor, tags, tf)
+        scores, preds, labels, confidence = _fit_and_score(
+            run, fc, stats, features, datasets, extractor, tags, tf
+        )
+        report.check_scores(scores)
         skipped = {k: extractor.skipped[t] for k, t in tags.items() if t in extractor.skipped}
+        fits[run.method] = _training_images(run.detector, stats, config)
+        files = stats.files_for(run.detector)
         settings = {
             **base,
             "method": run.method,
             "method_flag": run.flag,
             "detector": {**run.detector.get_params(), **run.detector.fitted_values()},
             "files": {"checkpoint": {"path": str(checkpoint), "sha256": model_key["checkpoint_sha256"]}}
-            | stats.files_for(run.detector),
+            | files,
             "num_images_used": {k: len(v) for k, v in scores.items()},
             "skipped_bad_images": skipped,
+            "training_images": fits[run.method],
         }
-        result = report.method_result(run.method, scores, preds, labels, names, settings)
-        result.settings["seconds"] = round(time.time() - t0, 2)
-        out_dir = report.result_dir(config.base_dir, config.in_dataset, run.method, config.name)
-        title = f"{run.method} on {config.in_dataset} ({config.name})"
-        report.write_result(out_dir, result, config.plots, title)
-        for key, files in skipped.items():
+        key = {
+            "in_dataset": config.in_dataset,
+            "name": config.name,
+            "model": model_key,
+            "method": run.method,
+            "detector": run.detector.get_params(),
+            "precision": config.precision,
+            "max_samples": config.max_samples,
+            "data_root": str(Path(config.data_root).resolve()),
+            "statistics": {k: v["sha256"] for k, v in files.items()},
+        }
+        run_dir = _run_dir(config, run, key)
+        previous = runs_store.read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+        settings["sets_scored"] = list(dict.fromkeys([*previous.get("sets_scored", []), *scores]))
+        runs_store.write_run(run_dir, settings)
+        save_scores(run_dir, scores)
+        id_predictions = None
+        if "in" in scores:
+            id_predictions = {"labels": labels, "predictions": preds["in"], "confidence": confidence}
+            runs_store.save_id_predictions(run_dir, **id_predictions)
+        if run.method in owners:
+            nat = original_files.write_original_files(
+                config.base_dir, config.in_dataset, config.name, run.method, config.detail, scores,
+                id_predictions, run_dir,
+            )  # fmt: skip
+            print(f"{run.method}: per-image scores in the original code's format in {nat}/")
+        for key_, files_ in skipped.items():
             print(
-                f"{key}: {len(datasets[key])} images requested, {len(files)} unreadable skipped, "
-                f"{len(scores[key])} used (--skip-bad-images; listed in results.json)"
+                f"{key_}: {len(datasets[key_])} images requested, {len(files_)} unreadable skipped, "
+                f"{len(scores[key_])} used (--skip-bad-images; listed in results.json)"
             )
-        print(f"{run.method}: {time.time() - t0:.1f} s -> {out_dir / 'results.json'}")
-        results.append(result)
-    if len(results) == 1:
-        print(report.single_table(results[0], config.in_dataset, config.name, config.fpr_convention))
-    else:
-        print(report.methods_table(results, names, config.in_dataset, config.name, config.fpr_convention))
+        result = _complete(config, run.method, run_dir, names, settings)
+        if result is not None:
+            result.settings["seconds"] = round(time.time() - t0, 2)
+            results.append(result)
+        print(f"{run.method}: {time.time() - t0:.1f} s")
+    _print_tables(config, results, names, fits)
     print(f"forward passes: {extractor.images_forwarded} images ({time.time() - start:.1f} s in all)")
     return results
 
 
+def _run_dir(config: EvalConfig, run, key: dict) -> Path:
+    detector = run.detector
+    readable = runs_store.readable_settings(
+        detector.get_params(), detector.inert_params(), config.max_samples
+    )
+    folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
+    return folder / runs_store.RUNS / runs_store.run_id(readable, key)
+
+
+def _training_images(detector, stats, config: EvalConfig) -> dict | None:
+    """How many training images the detector's fit used, and from where (None: no fit on data)."""
+    needs = detector.needs()
+    if "train_features" in needs:
+        n = len(stats.get("train_features"))
+        where = f"--max-samples {config.max_samples} subset" if config.max_samples else "training set"
+        return {"count": n, "source": f"cached training features, {where}"}
+    for name in ("contributions", "mean_feature"):
+        if name in needs:
+            record = stats.files[name].get("record") or {}
+            return {"count": record.get("num_images"), "source": stats.files[name]["path"]}
+    return None
+
+
+def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], settings: dict):
+    """The MethodResult of a run folder holding the ID scores and those of every OOD set ``names``
+    (written to results.json there and published as the method's latest), else None with a line
+    saying what is missing."""
+    saved = runs_store.read_run(run_dir).get("sets_scored", [])
+    if "in" not in saved:
+        print(
+            f"{method}: OOD scores saved in {run_dir}/; no ID test scores with these settings yet, so no "
+            "metrics: run once with --in-dist-only (or without --out-dist-only)"
+        )
+        return None
+    ood = [n for n in names if n in saved] if config.only == "in" else names
+    if config.only == "in" and not ood:
+        predictions = runs_store.load_id_predictions(run_dir)
+        accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
+        print(
+            f"{method}: ID test scores saved in {run_dir}/ (ID accuracy {100 * accuracy:.2f}%); the "
+            "metrics follow once --out-dist-only scores the OOD sets with the same settings"
+        )
+        return None
+    scores = runs_store.load_scores(run_dir, ["in", *ood])
+    predictions = runs_store.load_id_predictions(run_dir)
+    accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
+    result = report.method_result(method, scores, accuracy, ood, settings)
+    title = f"{method} on {config.in_dataset} ({config.name})"
+    plots = report.write_result(run_dir, result, config.plots, title, config.fpr_convention)
+    latest = runs_store.method_dir(config.base_dir, config.in_dataset, method, config.name)
+    runs_store.publish(run_dir, latest, ["in", *ood])
+    if plots:
+        print(
+            f"{method}: {len(plots)} plots ({config.fpr_convention.upper()} positive) in {latest / 'plots'}/"
+        )
+    print(f"{method}: results.json in {latest}/ (the latest run) and {run_dir}/")
+    return result
+
+
+def _print_tables(config: EvalConfig, results: list, names: list[str], fits: dict) -> None:
+    if not results:
+        return
+    if len(results) == 1:
+        print(report.single_table(results[0], config.in_dataset, config.name, config.fpr_convention))
+    else:
+        names = [n for n in names if all(n in r.ood for r in results)]
+        print(report.methods_table(results, names, config.in_dataset, config.name, config.fpr_convention))
+    for line in report.training_notes(fits, config.max_samples):
+        print(line)
+
+
+def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
+    """--cal-metric: the metrics of runs saved earlier with these settings, from their per-image
+    scores alone (no network, no data): the latest such run of each method."""
+    results, fits = [], {}
+    for run in config.detectors:
+        detector = run.detector
+        readable = runs_store.readable_settings(
+            detector.get_params(), detector.inert_params(), config.max_samples
+        )
+        folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
+        wanted = {"model_arch": config.model_arch, "precision": config.precision}
+        candidates = [
+            d
+            for d in runs_store.find_runs(folder, readable)
+            if all(runs_store.read_run(d).get(k) == v for k, v in wanted.items())
+        ]
+        if not candidates:
+            there = [p.name for p in (folder / runs_store.RUNS).glob("*")] if folder.is_dir() else []
+            raise UserError(
+                f"--cal-metric: no saved scores of {run.method} with {readable} ({config.model_arch}) under "
+                f"{folder / runs_store.RUNS}/; saved there: {', '.join(there) or 'nothing'}. Run "
+                "ood_eval.py with these flags and without --cal-metric first."
+            )
+        run_dir = max(candidates, key=lambda d: (d / "run.json").stat().st_mtime)
+        if len(candidates) > 1:
+            print(f"{run.method}: {len(candidates)} saved runs with {readable} (other checkpoints); using "
+                  f"the latest, {run_dir.name}")  # fmt: skip
+        settings = runs_store.read_run(run_dir)
+        saved = [n for n in settings.get("sets_scored", []) if n != "in"]
+        names = config.out_datasets or saved
+        missing = [n for n in names if n not in saved]
+        if missing:
+            raise UserError(f"--cal-metric: {run_dir} holds no scores of {', '.join(missing)}")
+        config_only, config.only = config.only, None
+        result = _complete(config, run.method, run_dir, names, settings)
+        config.only = config_only
+        if result is not None:
+            results.append(result)
+            fits[run.method] = settings.get("training_images")
+    names = list(config.out_datasets or (results[0].ood if results else []))
+    _print_tables(config, results, names, fits)
+    return results
+
+
 def _fit_and_score(run, fc, stats, features, datasets, extractor, tags, tf):
-    """(scores, predictions per set, ID labels) of one detector: fitted on the head and its
-    statistics and scored from the cache, or for a network-level detector, on the images."""
+    """(scores, predictions per set, ID labels, ID max softmax) of one detector: fitted on the head
+    and its statistics and scored from the cache, or for a network-level detector, on the images.
+    Without an ID set (--out-dist-only) the last two are None."""
     detector = run.detector
     if detector.kind == "network":
         detector.fit(extractor.model, setup.input_std(tf))
-        scores, preds, labels = score_images(detector, datasets, extractor, tags)
-        return scores, preds, labels["in"]
+        scores, preds, labels, confidence = score_images(detector, datasets, extractor, tags)
+        return scores, preds, labels.get("in"), confidence.get("in")
     try:
         detector.fit(fc, **stats.for_detector(detector))
     except ValueError as exc:
         raise UserError(f"{run.method}: {exc}") from None
     scores, preds = score_cached(detector, features)
-    return scores, preds, features["in"].labels
+    if "in" not in features:
+        return scores, preds, None, None
+    return scores, preds, features["in"].labels, max_softmax(detector, features["in"].features)

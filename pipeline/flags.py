@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+import torch
+
 from detectors import registry
 from detectors.base import Param
 from models import MODEL_NAMES
+from models.checkpoints import CHECKPOINT_EPOCH
 from util.argtypes import name_arg, nonnegative_int, positive_int
 from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
 from util.errors import UserError
@@ -19,25 +22,39 @@ from util.errors import UserError
 from .config import DetectorRun
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
+def add_run_args(
+    parser: argparse.ArgumentParser, in_dataset_flags=("--in-dataset",), in_dataset_default="CIFAR-10"
+) -> None:
     """The classifier, the data and the extraction: the same flags in every script."""
     parser.add_argument(
-        "--in-dataset",
-        default="CIFAR-10",
+        *in_dataset_flags,
+        dest="in_dataset",
+        default=in_dataset_default,
         type=name_arg(sorted(IN_DATASETS), "dataset"),
         metavar="{" + ",".join(sorted(IN_DATASETS)) + "}",
-        help="in-distribution dataset (default: CIFAR-10)",
+        help=f"in-distribution dataset (default: {in_dataset_default or 'every one whose data is present'})",
     )
     parser.add_argument(
         "--name",
-        default="densenet",
-        help="network name: checkpoints/{in_dataset}/{name}/ and cache file names",
+        default=None,
+        help="network name: checkpoints/{in_dataset}/{name}/ and cache file names; a name that is an "
+        "architecture also selects it, as in the LINe code (default: the architecture)",
     )
     parser.add_argument(
         "--model-arch",
-        default="densenet",
+        "--model_arch",
+        dest="model_arch",
+        default=None,
         type=name_arg(MODEL_NAMES, "model"),
-        help="architecture (default: densenet)",
+        help=f"architecture: {', '.join(MODEL_NAMES)} (default: --name when it is one, else densenet on "
+        "CIFAR and resnet50 on imagenet)",
+    )
+    parser.add_argument(
+        "--epochs",
+        default=CHECKPOINT_EPOCH,
+        type=positive_int,
+        help="the default checkpoint is checkpoints/{in_dataset}/{name}/checkpoint_{epochs}.pth.tar "
+        f"(default: {CHECKPOINT_EPOCH})",
     )
     parser.add_argument("--data-root", default="datasets", help="dataset root (default: ./datasets)")
     parser.add_argument(
@@ -52,6 +69,13 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--gpu",
+        default=None,
+        metavar="N",
+        help="GPU index, as in the original code: --gpu N is --device cuda:N (the CPU, said once, on a "
+        "machine without a GPU) (default: --device)",
     )
     parser.add_argument(
         "-b", "--batch-size", default=256, type=positive_int, help="images per forward batch (default: 256)"
@@ -98,15 +122,101 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
         "--max-samples",
         default=None,
         type=positive_int,
-        help="use N images spread evenly over each set (quick runs)",
+        help="use N images spread evenly over each test and OOD set, and the class-balanced subset of N "
+        "training images for the fits on training features (quick runs; default: all)",
     )
-    parser.add_argument("--base-dir", default="output/ood_scores", help="result directory")
+    parser.add_argument(
+        "--base-dir", default="output/ood_scores", help="result directory (default: output/ood_scores)"
+    )
+
+
+# Flags of the originals' ood_eval.py that configure what this code does not have (adversarial
+# attacks, corruption severity, the architecture size, which the checkpoint fixes): accepted, so
+# their commands run unchanged, and named once as ignored.
+IGNORED_ORIGINAL_FLAGS = {
+    "--epsilon": "attack strength",
+    "--iters": "attack iterations",
+    "--iter-size": "attack step size",
+    "--severity-level": "corruption severity",
+    "--layers": "DenseNet depth; the architecture is --model-arch",
+    "--depth": "ResNet depth; the architecture is --model-arch",
+    "--width": "ResNet width; the architecture is --model-arch",
+}
+
+
+def add_original_eval_args(parser: argparse.ArgumentParser) -> None:
+    """The originals' ood_eval.py flags beyond the shared ones: the sets scored, metrics from saved
+    scores, LINe's file suffix, and the flags accepted but ignored here."""
+    group = parser.add_argument_group("flags of the original LINe and DICE ood_eval.py")
+    only = group.add_mutually_exclusive_group()
+    only.add_argument(
+        "--in-dist-only",
+        dest="only",
+        action="store_const",
+        const="in",
+        help="score only the ID test set (its scores and accuracy; metrics follow with --out-dist-only)",
+    )
+    only.add_argument(
+        "--out-dist-only",
+        dest="only",
+        action="store_const",
+        const="out",
+        help="score only the OOD sets; metrics use the ID scores an earlier run with the same settings saved",
+    )
+    group.add_argument(
+        "--cal-metric",
+        action="store_true",
+        help="compute the metrics from the per-image scores an earlier run with these settings saved, "
+        "without loading the network or any data",
+    )
+    group.add_argument(
+        "--detail",
+        default=None,
+        help="LINe: suffix of the contributions file {in_dataset}_{name}_taylor_{detail}.npy and of the "
+        "original-format score files (default: mean_class)",
+    )
+    for flag, what in IGNORED_ORIGINAL_FLAGS.items():
+        group.add_argument(flag, default=None, help=f"accepted and ignored ({what}; default: unset)")
+
+
+def _device_of_gpu(values: dict) -> None:
+    """--gpu N (the originals' flag) -> device cuda:N; on a machine without a GPU the CPU, said once."""
+    gpu = values.pop("gpu", None)
+    if gpu is None:
+        return
+    if values.get("device") is not None:
+        raise UserError(f"give --device or --gpu, not both (--device {values['device']}, --gpu {gpu})")
+    indices = [i.strip() for i in str(gpu).split(",") if i.strip()]
+    if not indices or not all(i.isdigit() for i in indices):
+        raise UserError(f"--gpu {gpu!r}: expected a GPU index such as 0 (or a list such as 0,1)")
+    if not torch.cuda.is_available():
+        print(f"--gpu {gpu}: this machine has no CUDA GPU; running on the CPU")
+        values["device"] = "cpu"
+        return
+    if len(indices) > 1:
+        print(f"--gpu {gpu}: one process uses one GPU, cuda:{indices[0]}; run torchrun for several")
+    values["device"] = f"cuda:{indices[0]}"
+
+
+def _note_ignored(values: dict) -> None:
+    given = []
+    for flag in IGNORED_ORIGINAL_FLAGS:
+        value = values.pop(flag.lstrip("-").replace("-", "_"), None)
+        if value is not None:
+            given.append(f"{flag} {value}")
+    if given:
+        print(f"ignored (flags of the original code with no effect here): {', '.join(given)}")
 
 
 def config_values(args: argparse.Namespace, config_class) -> dict:
-    """The fields of ``config_class`` that the parsed flags hold (``--no-progress`` -> progress)."""
+    """The fields of ``config_class`` that the parsed flags hold (``--no-progress`` -> progress,
+    ``--gpu N`` -> device); flags of the originals that have no effect here are named once."""
     values = dict(vars(args))
     values["progress"] = not values.pop("no_progress", False)
+    _device_of_gpu(values)
+    _note_ignored(values)
+    if values.get("detail") is None:
+        values.pop("detail", None)
     names = {f.name for f in fields(config_class)}
     return {k: v for k, v in values.items() if k in names}
 
@@ -178,7 +288,8 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=None,
-        help="comma-separated methods evaluated from one feature extraction into one table, e.g. "
+        help="comma-separated methods evaluated from one feature extraction into one table (default: none, "
+        "see --method), e.g. "
         "energy,react,dice,line,ash_s,knn; LINe ablations: line_ac, line_ap_wp, line_none, ...",
     )
 
@@ -238,6 +349,8 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
         for param, _ in registry.all_params()
         if getattr(args, param_dest(param), None) is not None and param_dest(param) not in used
     ]
+    if getattr(args, "detail", None) is not None and not any(r.detector.name == "line" for r in runs):
+        unused.append("--detail")
     if unused:
         raise UserError(
             f"{', '.join(unused)} applies to none of the chosen method(s) "

@@ -4,12 +4,14 @@ contributions and DICE's mean feature, written atomically with provenance record
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from detectors.statistics import class_mean_contributions, mean_feature
+from models.checkpoints import resolve_checkpoint
 from util import distributed
-from util.data import balanced_subset
+from util.data import IN_DATASETS, id_dataset
 from util.errors import UserError
 from util.features import CACHE_VERSION
 from util.io import atomic_save_npy, atomic_write_json, sha256_file
@@ -20,15 +22,47 @@ from .config import PrecomputeConfig
 from .statistics import contributions_path, feat_stat_path
 
 
+def precompute_all(config: PrecomputeConfig) -> list[str]:
+    """The original ``precompute.py`` with no arguments: the statistics of every ID dataset
+    (CIFAR-10, CIFAR-100, ImageNet) whose training data and checkpoint are present here, one
+    line for each one skipped saying what is missing. Returns the datasets computed."""
+    if config.checkpoint:
+        raise UserError("--checkpoint names the weights of one network: give --in-dataset with it")
+    present, skipped = [], []
+    for in_dataset in IN_DATASETS:
+        one = replace(config, in_dataset=in_dataset)  # name and architecture resolved per dataset
+        try:
+            id_dataset(in_dataset, "train", one.data_root, None, download=False)
+            resolve_checkpoint(
+                one.checkpoint, in_dataset, one.name, one.model_arch, epoch=one.epochs, download=False
+            )
+        except UserError as exc:
+            skipped.append(in_dataset)
+            print(
+                f"skipping {in_dataset} ({one.model_arch}): {exc}\n"
+                f"  (`python precompute.py --in-dataset {in_dataset}` downloads what is published)"
+            )
+            continue
+        present.append(one)
+    if not present:
+        raise UserError(
+            f"no ID dataset has both its training data under {config.data_root} and its checkpoint "
+            "(see above); pass --data-root, or --in-dataset NAME to download a published one"
+        )
+    for one in present:
+        print(f"==== {one.in_dataset} ({one.model_arch}, name {one.name})")
+        precompute(one)
+    if skipped:
+        print(f"precomputed {', '.join(c.in_dataset for c in present)}; skipped {', '.join(skipped)}")
+    return [c.in_dataset for c in present]
+
+
 def precompute(config: PrecomputeConfig) -> None:
     config.device = distributed.setup(config.device)  # torchrun: join the process group
     start = time.time()
     ensure_writable_dir(config.cache_dir, "cache directory")
     model, model_key, checkpoint = setup.load_classifier(config)
-    C = setup.num_classes(config)
     train = setup.train_set(config, setup.transform(config))
-    if config.max_samples:
-        train = balanced_subset(train, config.max_samples, C)
     print(f"{config.in_dataset} training set: {len(train)} images; checkpoint {checkpoint}")
 
     extractor = setup.make_extractor(config, model, model_key)

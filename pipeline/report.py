@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from util.errors import UserError
-from util.io import atomic_write_json, save_scores
+from util.io import atomic_write_json
 from util.metrics import FPR_CONVENTIONS, METRIC_CONVENTIONS, average_metrics, format_table, ood_metrics
 
 
@@ -32,35 +32,66 @@ class MethodResult:
         }
 
 
-def set_metrics(scores: dict, name: str) -> dict:
-    """ood_metrics of OOD set ``name`` against the ID set ``in`` (both FPR95 conventions);
-    empty or non-finite scores are an error naming the set and the count."""
-    for key in ("in", name):
-        bad = int(np.count_nonzero(~np.isfinite(scores[key])))
-        which = "the ID test set" if key == "in" else f"OOD set {name}"
-        if len(scores[key]) == 0:
+def check_scores(scores: dict) -> None:
+    """Every set scored, every score finite: else an error naming the set and the count (nothing
+    is written for such a run)."""
+    for key, values in scores.items():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        which = "the ID test set" if key == "in" else f"OOD set {key}"
+        if len(values) == 0:
             raise UserError(f"no image of {which} could be scored (all were skipped as unreadable)")
         if bad:
             raise UserError(
-                f"{bad} of {len(scores[key])} scores of {which} are NaN or infinite (the model's features "
+                f"{bad} of {len(values)} scores of {which} are NaN or infinite (the model's features "
                 "or logits overflowed, or the checkpoint holds NaN/inf weights); metrics are undefined, "
                 "nothing was written"
             )
+
+
+def set_metrics(scores: dict, name: str) -> dict:
+    """ood_metrics of OOD set ``name`` against the ID set ``in`` (both FPR95 conventions);
+    empty or non-finite scores are an error naming the set and the count."""
+    check_scores({"in": scores["in"], name: scores[name]})
     return ood_metrics(scores["in"], scores[name], with_ood_positive=True)
 
 
-def result_dir(base_dir, in_dataset: str, method: str, name: str) -> Path:
-    """``{base_dir}/{in_dataset}/{method}/{name}``: results.json, scores/, plots/."""
-    return Path(base_dir) / in_dataset / method / name
-
-
-def write_result(out_dir: Path, result: MethodResult, plots: bool, title: str) -> None:
-    save_scores(out_dir, result.scores)
-    atomic_write_json(out_dir / "results.json", result.as_json())
+def write_result(
+    out_dir: Path, result: MethodResult, plots: bool, title: str, fpr_convention: str = "id"
+) -> list[Path]:
+    """results.json (and with ``plots`` the histograms and ROC curves, in the FPR95 convention
+    asked for) into ``out_dir``; returns the plot files."""
+    written = []
     if plots:
         from util.plots import plot_results  # matplotlib only when plots are asked for
 
-        plot_results(result.scores, out_dir / "plots", title)
+        written = plot_results(result.scores, out_dir / "plots", title, fpr_convention)
+    atomic_write_json(out_dir / "results.json", result.as_json())
+    return written
+
+
+def training_notes(fits: dict[str, dict | None], max_samples: int | None) -> list[str]:
+    """Lines saying which training images each fit used, when the fits of one table differ or do
+    not follow --max-samples (a table never mixes training subsets silently)."""
+    counts = {m: f["count"] for m, f in fits.items() if f is not None}
+    if not counts:
+        return []
+    differ = len(set(counts.values())) > 1
+    stale = bool(max_samples) and any(c != max_samples for c in counts.values())
+    if not (differ or stale):
+        return []
+    lines = [
+        "note: these fits used different training images:" if differ else "note: training images of the fit:"
+    ]
+    for method, fit in fits.items():
+        if fit is not None:
+            count = "an unknown number of" if fit["count"] is None else fit["count"]
+            lines.append(f"  {method}: {count} training images ({fit['source']})")
+    if stale:
+        lines.append(
+            f"  --max-samples {max_samples} limits the training features this run fits on; statistics files "
+            f"come from precompute.py: rerun it with --max-samples {max_samples} for fits on the same subset"
+        )
+    return lines
 
 
 def describe(settings: dict) -> str:
@@ -98,11 +129,8 @@ def methods_table(
     return "\n".join(lines)
 
 
-def method_result(
-    method: str, scores: dict, preds: dict, labels: np.ndarray, names: list[str], settings: dict
-):
-    """Metrics of every OOD set, their average and the ID accuracy of the method's logits."""
+def method_result(method: str, scores: dict, accuracy: float, names: list[str], settings: dict):
+    """Metrics of every OOD set ``names``, their average, and the ID accuracy of the method's logits."""
     per_set = {n: set_metrics(scores, n) for n in names}
-    accuracy = float(np.mean(preds["in"] == labels))
     settings = {**settings, "metric_conventions": METRIC_CONVENTIONS}
     return MethodResult(method, accuracy, per_set, average_metrics(per_set), settings, scores)

@@ -18,18 +18,29 @@ def score_cached(detector: Detector, features: dict) -> tuple[dict, dict]:
     return score_sets(detector, {key: fs.features for key, fs in features.items()})
 
 
+def max_softmax(detector: Detector, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Max softmax probability of the detector's logits for each row (the confidence column of the
+    original code's in_labels file)."""
+    out = [np.zeros(0)]
+    with torch.inference_mode():
+        for start in range(0, len(features), chunk):
+            h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
+            out.append(torch.softmax(detector.logits(h).double(), dim=1).max(dim=1).values.numpy())
+    return np.concatenate(out)
+
+
 def score_images(
     detector: Detector, datasets: dict, extractor: FeatureExtractor, tags: dict
-) -> tuple[dict, dict, dict]:
-    """(scores, predictions, labels) per set for a network-level detector, batch by batch.
+) -> tuple[dict, dict, dict, dict]:
+    """(scores, predictions, labels, max softmax) per set for a network-level detector, batch by batch.
 
     Unreadable images stop the run with their name, or with --skip-bad-images are left out and
     listed in ``extractor.skipped`` under the set's tag, as the feature cache does.
     """
-    scores, preds, labels = {}, {}, {}
+    scores, preds, labels, confidence = {}, {}, {}, {}
     for key, ds in datasets.items():
         loader = DataLoader(ds, batch_size=extractor.batch_size, num_workers=extractor.num_workers)
-        s, p, y, seen = [np.zeros(0)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+        s, p, y, c, seen = [np.zeros(0)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)], 0
         for images, targets in loader:
             bad = np.flatnonzero(targets.numpy() == BAD_IMAGE_LABEL)
             files = [image_path(ds, seen + int(i)) for i in bad]
@@ -47,7 +58,9 @@ def score_images(
             s.append(sc.double().cpu().numpy())
             p.append(out.argmax(1).cpu().numpy())
             y.append(targets.numpy())
+            c.append(torch.softmax(out.detach().double(), dim=1).max(dim=1).values.cpu().numpy())
         scores[key], preds[key], labels[key] = np.concatenate(s), np.concatenate(p), np.concatenate(y)
+        confidence[key] = np.concatenate(c)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return scores, preds, labels
+    return scores, preds, labels, confidence

@@ -8,6 +8,7 @@ from models import get_model, input_normalization
 from models.checkpoints import resolve_checkpoint
 from util.data import (
     IN_DATASETS,
+    balanced_subset,
     default_ood_sets,
     id_dataset,
     id_transform,
@@ -30,7 +31,9 @@ def num_classes(config: RunConfig) -> int:
 
 def load_classifier(config: RunConfig):
     """(model, model_key, checkpoint_path); model_key identifies the weights in the cache keys."""
-    checkpoint = resolve_checkpoint(config.checkpoint, config.in_dataset, config.name, config.model_arch)
+    checkpoint = resolve_checkpoint(
+        config.checkpoint, config.in_dataset, config.name, config.model_arch, epoch=config.epochs
+    )
     model = get_model(config.model_arch, num_classes(config), checkpoint)
     model_key = {
         "arch": config.model_arch,
@@ -70,7 +73,12 @@ def tag(config: RunConfig, set_name: str) -> str:
 
 
 def train_set(config: RunConfig, tf):
-    return id_dataset(config.in_dataset, "train", config.data_root, tf)
+    """The ID training set; with ``max_samples``, its fixed class-balanced subset of that many images
+    (``balanced_subset``), the same in precompute.py, ood_eval.py and sweep.py."""
+    train = id_dataset(config.in_dataset, "train", config.data_root, tf)
+    if config.max_samples:
+        train = balanced_subset(train, config.max_samples, num_classes(config))
+    return train
 
 
 def test_sets(config: RunConfig, tf, requested: list[str] | None, extra: tuple[str, ...] = ()):

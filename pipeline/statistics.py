@@ -21,9 +21,12 @@ from util.features import CACHE_VERSION
 from util.io import sha256_file
 
 
-def contributions_path(cache_dir, in_dataset: str, name: str, method: str = "taylor") -> Path:
-    """LINe's class-mean contributions, shape (D, C): ``{in_dataset}_{name}_{method}_mean_class.npy``."""
-    return Path(cache_dir) / f"{in_dataset}_{name}_{method}_mean_class.npy"
+def contributions_path(
+    cache_dir, in_dataset: str, name: str, method: str = "taylor", detail: str = "mean_class"
+) -> Path:
+    """LINe's class-mean contributions, shape (D, C): ``{in_dataset}_{name}_{method}_{detail}.npy``
+    (``detail`` is the LINe code's ``--detail``, ``mean_class`` for class means)."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_{method}_{detail}.npy"
 
 
 def feat_stat_path(cache_dir, in_dataset: str, name: str) -> Path:
@@ -171,7 +174,13 @@ class TrainingStatistics:
 
     def _load_contributions(self) -> np.ndarray:
         c = self.config
-        path = Path(c.contrib) if c.contrib else contributions_path(c.cache_dir, c.in_dataset, c.name)
+        path = (
+            Path(c.contrib)
+            if c.contrib
+            else contributions_path(
+                c.cache_dir, c.in_dataset, c.name, detail=getattr(c, "detail", "mean_class")
+            )
+        )
         if not path.is_file():
             if c.contrib:
                 raise UserError(f"LINe contributions {path} (given with --contrib) not found")

@@ -28,7 +28,7 @@ from util.runtime import ensure_writable_dir
 
 from . import setup
 from .config import SweepConfig
-from .report import result_dir
+from .runs import method_dir
 from .scoring import score_images
 from .statistics import TrainingStatistics
 
@@ -104,7 +104,7 @@ def sweep(config: SweepConfig) -> dict:
     for setting in settings:
         if network:
             detector = base.with_params(**setting).fit(extractor.model, setup.input_std(tf))
-            part, _, _ = score_images(detector, datasets, extractor, tags)
+            part, _, _, _ = score_images(detector, datasets, extractor, tags)
         else:
             # Shares the previous setting's fit when only parameters the fit ignores changed.
             detector = last.with_params(**setting)
@@ -151,7 +151,7 @@ def sweep(config: SweepConfig) -> dict:
         f"selected on {config.val_ood}: {chosen} -> "
         f"test FPR95 {100 * best['test_FPR95']:.2f}, AUROC {100 * best['test_AUROC']:.2f}"
     )
-    out_dir = result_dir(config.base_dir, config.in_dataset, f"{base.run_name()}_sweep", config.name)
+    out_dir = method_dir(config.base_dir, config.in_dataset, f"{base.run_name()}_sweep", config.name)
     summary = {
         "method": base.run_name(),
         "defaults": base.get_params(),

@@ -72,7 +72,10 @@ def main_table(results: dict[str, dict], sets: list[str]) -> list[str]:
     for method in method_order(results):
         r = results[method]
         cells = [f"`{method}`"]
-        cells += [f"{pct(r['ood'][s]['FPR95'])} / {pct(r['ood'][s]['AUROC'])}" for s in sets]
+        cells += [
+            f"{pct(r['ood'][s]['FPR95'])} / {pct(r['ood'][s]['AUROC'])}" if s in r["ood"] else "–"
+            for s in sets
+        ]
         avg = pct(r["average"]["FPR95"])
         cells += [f"**{avg}**" if r["average"]["FPR95"] == best else avg]
         cells += [pct(r["average"]["AUROC"]), pct(r["average"]["AUPR_IN"])]
@@ -151,8 +154,11 @@ def jpeg_lines(path: Path | None) -> list[str]:
 def render(results: dict[str, dict], base_dir: Path, out: Path, jpeg: Path | None = None) -> str:
     first = next(iter(results.values()))
     s = first["settings"]
-    sets = list(first["ood"])
-    n_images = s.get("num_images", {})
+    sets = list(dict.fromkeys(name for r in results.values() for name in r["ood"]))  # every set, in order
+    partial = sorted(m for m, r in results.items() if set(r["ood"]) != set(sets))
+    n_images = {}
+    for r in results.values():
+        n_images.update(r["settings"].get("num_images", {}))
     plain = results.get("energy") or results.get("msp") or first
     lines = [
         f"# Results: {s['in_dataset']}, {s['name']} (DenseNet-101)",
@@ -172,6 +178,26 @@ def render(results: dict[str, dict], base_dir: Path, out: Path, jpeg: Path | Non
         *main_table(results, sets),
         "",
     ]
+    subsets = {m: r["settings"].get("max_samples") for m, r in results.items()}
+    fits = {m: (r["settings"].get("training_images") or {}).get("count") for m, r in results.items()}
+    if len(set(subsets.values())) > 1 or len({c for c in fits.values() if c is not None}) > 1:
+        lines += [
+            "These runs differ in the images they used, so the rows are not directly comparable: "
+            + "; ".join(
+                f"`{m}` {'all images' if not subsets[m] else f'--max-samples {subsets[m]}'}"
+                + (f", fitted on {fits[m]} training images" if fits[m] is not None else "")
+                for m in method_order(results)
+            )
+            + ".",
+            "",
+        ]
+    if partial:
+        lines += [
+            f"Not every method was run on every OOD set (– marks a set a method's latest run did not "
+            f"score: {', '.join(f'`{m}`' for m in partial)}); their averages are over their own sets, so "
+            "compare them with care.",
+            "",
+        ]
     if "odin" not in results:
         lines += [
             "ODIN is not in this table: it needs a forward and a backward pass of the network per image",

@@ -60,7 +60,7 @@ def env(shared, tmp_path_factory):
 
 
 def common(env, cache=None, out=None, batch=3) -> list[str]:
-    args = ["--data-root", str(env["root"]), "--checkpoint", str(env["ckpt"])]
+    args = ["--in-dataset", "CIFAR-10", "--data-root", str(env["root"]), "--checkpoint", str(env["ckpt"])]
     args += ["--cache-dir", str(cache or env["cache"]), "--no-progress", "-b", str(batch), "--workers", "0"]
     return args
 

@@ -121,6 +121,6 @@ def test_precompute_and_sweep_run_on_a_1000_class_folder_with_random_resnet50_we
         [*common, "--out-datasets", "sun", "dtd", "--max-samples", "6", "--base-dir", str(out),
          "--grid", "p_w=10,90", "--grid", "p_a=10", "--grid", "clip_threshold=0.8"]
     )  # fmt: skip
-    result = json.loads((out / "imagenet" / "line_sweep" / "densenet" / "sweep.json").read_text())
+    result = json.loads((out / "imagenet" / "line_sweep" / "resnet50" / "sweep.json").read_text())
     assert len(result["rows"]) == 2 and result["test_sets"] == ["sun", "dtd"]
     assert result["settings"]["model_arch"] == "resnet50"

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("util", "models", "detectors", "pipeline")
 SCRIPT_DIRS = ("scripts", "benchmarks")
-HELPERS = {"common"}  # benchmarks/common.py: shared setup that benchmark scripts import
+HELPERS = {"common", "bootstrap"}  # benchmarks/common.py (shared setup), bootstrap.py (the .venv re-run)
 
 
 def module_files() -> dict[str, Path]:

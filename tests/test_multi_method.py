@@ -28,7 +28,7 @@ def run(shared, cifar10_checkpoint, tmp_path_factory):
             for f in sorted(cls.iterdir())[:n]:
                 (target / f.name).symlink_to(f)
     common = [
-        "--data-root", str(root / "data"), "--cache-dir", str(root / "cache"),
+        "--in-dataset", "CIFAR-10", "--data-root", str(root / "data"), "--cache-dir", str(root / "cache"),
         "--checkpoint", str(cifar10_checkpoint), "--no-progress", "--device", "cpu", "-b", "32",
     ]  # fmt: skip
     precompute.main(common)
@@ -78,7 +78,9 @@ def test_single_method_plots_and_ood_positive_convention(run, capsys):
     result_dir = base / "CIFAR-10" / "line_ac_wp" / "densenet"
     result = json.loads((result_dir / "results.json").read_text())
     assert result["settings"]["fpr_convention"] == "ood"
-    assert f"{100 * result['average']['FPR95_OOD_POSITIVE']:.2f}" in out.splitlines()[-5]
+    avg_line = next(line for line in out.splitlines() if line.startswith("AVG"))
+    assert f"{100 * result['average']['FPR95_OOD_POSITIVE']:.2f}" in avg_line
+    assert f"line_ac_wp: 4 plots (OOD positive) in {result_dir / 'plots'}/" in out
     pngs = sorted(p.name for p in (result_dir / "plots").iterdir())
     assert pngs == ["hist_gaussian.png", "hist_uniform.png", "roc_gaussian.png", "roc_uniform.png"]
     assert (result_dir / "plots" / "roc_uniform.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

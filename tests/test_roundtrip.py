@@ -37,6 +37,8 @@ def data_root(shared, tmp_path_factory):
 def run(data_root, cifar10_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     common = [
+        "--in-dataset",
+        "CIFAR-10",
         "--data-root",
         str(data_root),
         "--checkpoint",

@@ -348,11 +348,14 @@ def imagenet_dataset(split: str, data_root: str | os.PathLike, transform) -> Dat
     return ds
 
 
-def id_dataset(in_dataset: str, split: str, data_root: str | os.PathLike, transform) -> Dataset:
-    """The ID ``split`` ('train' or 'test'; ImageNet's test split is its 'val' folder)."""
+def id_dataset(
+    in_dataset: str, split: str, data_root: str | os.PathLike, transform, download: bool = True
+) -> Dataset:
+    """The ID ``split`` ('train' or 'test'; ImageNet's test split is its 'val' folder); CIFAR is
+    downloaded when absent unless ``download`` is false."""
     if in_dataset == "imagenet":
         return imagenet_dataset("val" if split == "test" else split, data_root, transform)
-    return cifar_dataset(in_dataset, split, data_root, transform)
+    return cifar_dataset(in_dataset, split, data_root, transform, download=download)
 
 
 def default_ood_sets(in_dataset: str) -> tuple[str, ...]:

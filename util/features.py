@@ -286,6 +286,10 @@ class FeatureExtractor:
         main = distributed.is_main()
         problem = self.cache.problem(dataset, tag) if main else None
         problem = distributed.broadcast(problem) if distributed.active() else problem
+        if problem is not None and not distributed.active():
+            whole = self._from_whole_set(dataset, tag)
+            if whole is not None:  # a subset (--max-samples) of a cached set: no forward pass
+                return self._drop_bad_images(whole, dataset, tag)
         if problem is not None:
             if main:
                 self.cache.discard(dataset, tag, problem)
@@ -293,6 +297,22 @@ class FeatureExtractor:
         if not main:
             return None
         return self._drop_bad_images(self.cache.load(dataset, tag, from_cache=problem is None), dataset, tag)
+
+    def _from_whole_set(self, dataset: Dataset, tag: str) -> FeatureSet | None:
+        """The rows of a FixedSubset read from its whole set's complete cache entry, or None."""
+        whole, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+        if whole is None or indices is None or not hasattr(whole, "fingerprint"):
+            return None
+        if self.cache.problem(whole, tag) is not None:
+            return None
+        fs = self.cache.load(whole, tag)
+        return FeatureSet(
+            features=np.asarray(fs.features[indices]),
+            logits=np.asarray(fs.logits[indices]),
+            labels=np.asarray(fs.labels[indices]),
+            path=fs.path,
+            from_cache=True,
+        )
 
     def _fill(self, dataset: Dataset, tag: str) -> None:
         """The writer loop: blocks of (start, features, logits, labels) in dataset order, written by

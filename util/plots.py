@@ -1,10 +1,13 @@
 """PNG figures of OOD scores (matplotlib, non-interactive Agg backend).
 
-- ``plot_score_histograms``: ID vs OOD score histograms of one OOD set, with the ID-positive
-  FPR95 threshold (the ID score at sorted index round(0.05 n), util/metrics.py) marked; scores
-  beyond the 0.2 / 99.8 percentiles of both sets are counted in the edge bins.
-- ``plot_roc``: ROC curve of one OOD set, ID positive (TPR = fraction of ID kept, FPR = fraction
-  of OOD accepted), with the 95% TPR operating point marked.
+- ``plot_score_histograms``: ID vs OOD score histograms of one OOD set, with the 95% TPR
+  threshold marked and FPR95 in the title, in either convention (``positive="id"``: the ID score
+  at sorted index round(0.05 n), util/metrics.py; ``"ood"``: the smallest score below which 95%
+  of OOD scores lie, OpenOOD's); scores beyond the 0.2 / 99.8 percentiles of both sets are
+  counted in the edge bins.
+- ``plot_roc``: ROC curve of one OOD set (``positive="id"``: TPR = fraction of ID kept, FPR =
+  fraction of OOD accepted; ``"ood"``: TPR = fraction of OOD flagged, FPR = fraction of ID
+  flagged), with the 95% TPR operating point marked.
 - ``plot_sweep_heatmap``: average FPR95 over two axes of a sweep (LINe: p_w and p_a).
 - ``plot_results``: the histogram and ROC of every OOD set of one result, into a folder.
 """
@@ -21,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from util.metrics import auroc, fpr_at_95_tpr  # noqa: E402
+from util.metrics import auroc, fpr_at_95_tpr, fpr_at_95_tpr_ood_positive  # noqa: E402
 
 
 def _save(fig, out_path) -> Path:
@@ -34,15 +37,26 @@ def _save(fig, out_path) -> Path:
     return out_path
 
 
-def plot_score_histograms(id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD") -> Path:
-    """Overlaid density histograms of ID and OOD scores on shared bins."""
+POSITIVE_NAMES = {"id": "ID positive", "ood": "OOD positive"}
+
+
+def plot_score_histograms(
+    id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD", positive: str = "id"
+) -> Path:
+    """Overlaid density histograms of ID and OOD scores on shared bins; the 95% TPR threshold and
+    FPR95 of the ``positive`` convention ("id" or "ood")."""
     id_scores, ood_scores = np.asarray(id_scores, float), np.asarray(ood_scores, float)
     both = np.r_[id_scores, ood_scores]
     lo, hi = np.percentile(both, [0.2, 99.8])
     if not hi > lo:
         lo, hi = both.min() - 0.5, both.max() + 0.5
     bins = np.linspace(lo, hi, 60)
-    threshold = np.sort(id_scores)[round(0.05 * id_scores.size)]
+    if positive == "id":
+        threshold = np.sort(id_scores)[round(0.05 * id_scores.size)]
+        fpr = fpr_at_95_tpr(id_scores, ood_scores)
+    else:
+        threshold = np.sort(ood_scores)[int(np.ceil(0.95 * ood_scores.size)) - 1]
+        fpr = fpr_at_95_tpr_ood_positive(id_scores, ood_scores)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(
         np.clip(id_scores, lo, hi), bins=bins, density=True, alpha=0.55, label=f"ID test (n={id_scores.size})"
@@ -54,30 +68,43 @@ def plot_score_histograms(id_scores, ood_scores, out_path, title: str, ood_name:
         alpha=0.55,
         label=f"{ood_name} (n={ood_scores.size})",
     )
-    ax.axvline(threshold, color="k", ls="--", lw=1, label="95% TPR threshold (ID positive)")
+    label = f"95% TPR threshold ({POSITIVE_NAMES[positive]})"
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=label)
     ax.set_xlabel("score (higher = more in-distribution); the edge bins hold the tails")
     ax.set_ylabel("density")
-    fpr = fpr_at_95_tpr(id_scores, ood_scores)
-    ax.set_title(f"{title}\nscore histograms, ID vs {ood_name}: FPR95 {100 * fpr:.2f}%", fontsize=10)
+    ax.set_title(
+        f"{title}\nscore histograms, ID vs {ood_name}: FPR95 {100 * fpr:.2f}% ({POSITIVE_NAMES[positive]})",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     return _save(fig, out_path)
 
 
-def plot_roc(id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD") -> Path:
-    """ROC curve with ID as positive; the point at 95% TPR is marked."""
+def plot_roc(
+    id_scores, ood_scores, out_path, title: str, ood_name: str = "OOD", positive: str = "id"
+) -> Path:
+    """ROC curve with ``positive`` ("id" or "ood") as the positive class; the point at 95% TPR is
+    marked. AUROC is the same number either way."""
     id_scores, ood_scores = np.asarray(id_scores, float), np.asarray(ood_scores, float)
     labels = np.r_[np.ones(id_scores.size), np.zeros(ood_scores.size)]
-    fpr, tpr, _ = roc_curve(labels, np.r_[id_scores, ood_scores])
-    fpr95 = fpr_at_95_tpr(id_scores, ood_scores)
+    both = np.r_[id_scores, ood_scores]
+    if positive == "id":
+        fpr, tpr, _ = roc_curve(labels, both)
+        fpr95 = fpr_at_95_tpr(id_scores, ood_scores)
+        xlabel, ylabel = f"FPR (fraction of {ood_name} accepted as ID)", "TPR (fraction of ID accepted)"
+    else:
+        fpr, tpr, _ = roc_curve(1 - labels, -both)
+        fpr95 = fpr_at_95_tpr_ood_positive(id_scores, ood_scores)
+        xlabel, ylabel = "FPR (fraction of ID flagged as OOD)", f"TPR (fraction of {ood_name} flagged)"
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {100 * auroc(id_scores, ood_scores):.2f}%")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.scatter([fpr95], [0.95], color="k", zorder=3, s=18, label=f"FPR95 {100 * fpr95:.2f}%")
-    ax.set_xlabel(f"FPR (fraction of {ood_name} accepted as ID)")
-    ax.set_ylabel("TPR (fraction of ID accepted)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_title(f"{title}\nROC, ID positive, vs {ood_name}", fontsize=10)
+    ax.set_title(f"{title}\nROC, {POSITIVE_NAMES[positive]}, vs {ood_name}", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out_path)
 
@@ -134,15 +161,20 @@ def safe_name(name: str) -> str:
     return name.replace("/", "_").replace("\\", "_")
 
 
-def plot_results(scores: dict, out_dir, title: str) -> list[Path]:
-    """``scores``: {"in": ID scores, set name: OOD scores, ...}; writes hist_<set>.png, roc_<set>.png."""
+def plot_results(scores: dict, out_dir, title: str, positive: str = "id") -> list[Path]:
+    """``scores``: {"in": ID scores, set name: OOD scores, ...}; writes hist_<set>.png, roc_<set>.png
+    in the FPR95 convention ``positive`` ("id" or "ood")."""
     out_dir = Path(out_dir)
     written = []
     for name, ood in scores.items():
         if name == "in":
             continue
         written.append(
-            plot_score_histograms(scores["in"], ood, out_dir / f"hist_{safe_name(name)}.png", title, name)
+            plot_score_histograms(
+                scores["in"], ood, out_dir / f"hist_{safe_name(name)}.png", title, name, positive
+            )
         )
-        written.append(plot_roc(scores["in"], ood, out_dir / f"roc_{safe_name(name)}.png", title, name))
+        written.append(
+            plot_roc(scores["in"], ood, out_dir / f"roc_{safe_name(name)}.png", title, name, positive)
+        )
     return written

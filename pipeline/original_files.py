@@ -1,0 +1,82 @@
+"""Per-image score text files at the original repositories' paths, in their format, so that
+analysis scripts written for the originals (their ``util/metrics.py``) read our runs.
+
+    {base_dir}/{in_dataset}/{method}/{name}/nat/in_scores{suffix}.txt     one score per line
+    {base_dir}/{in_dataset}/{method}/{name}/nat/in_labels{suffix}.txt     "label prediction confidence"
+    {base_dir}/{in_dataset}/{method}/{name}/nat/{set}/out_scores{suffix}.txt
+
+``method`` is the original code's ``--method``: ``taylor`` for LINe, whose files carry the suffix
+``_taylor_{detail}`` (LINe's code), and ``energy`` for DICE and ReAct, which the DICE code runs as
+energy with ``--p`` or ``--clip_threshold`` (suffix empty, DICE's code); other methods under their
+own name, DICE's format. Scores are higher-is-ID, as the originals wrote them; confidence is the max
+softmax probability of the method's logits. Like the originals, these files hold the latest run;
+``nat/written_by.json`` names the method and the run folder that wrote them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from util.io import atomic_write_json, atomic_write_text
+
+# Our method -> the original code's --method (its folder name).
+ORIGINAL_METHOD = {"line": "taylor", "dice": "energy", "react": "energy"}
+
+
+def original_method(method: str) -> str:
+    return ORIGINAL_METHOD.get(method, method)
+
+
+def nat_dir(base_dir, in_dataset: str, method: str, name: str) -> Path:
+    return Path(base_dir) / in_dataset / original_method(method) / name / "nat"
+
+
+def suffix(method: str, detail: str) -> str:
+    return f"_taylor_{detail}" if method == "line" else ""
+
+
+def owners(methods: list[str]) -> dict[str, str]:
+    """{method: original folder} for the methods of one run that get the original files: where two
+    share a folder (energy, dice, react all use ``energy``), the one named like it, else the first."""
+    by_folder: dict[str, str] = {}
+    for m in methods:
+        folder = original_method(m)
+        if folder not in by_folder or m == folder:
+            by_folder[folder] = m
+    return {m: f for f, m in by_folder.items()}
+
+
+def _lines(values) -> str:
+    return "".join(f"{v}\n" for v in np.asarray(values).tolist())
+
+
+def write_original_files(
+    base_dir,
+    in_dataset: str,
+    name: str,
+    method: str,
+    detail: str,
+    scores: dict[str, np.ndarray],
+    id_predictions: dict[str, np.ndarray] | None,
+    run_dir: Path,
+) -> Path:
+    """Write the files of the sets in ``scores`` ("in" and OOD set names); returns the nat/ folder."""
+    nat = nat_dir(base_dir, in_dataset, method, name)
+    end = suffix(method, detail)
+    for key, values in scores.items():
+        if key == "in":
+            atomic_write_text(nat / f"in_scores{end}.txt", _lines(values))
+        else:
+            folder = key.replace("/", "_").replace("\\", "_")
+            atomic_write_text(nat / folder / f"out_scores{end}.txt", _lines(values))
+    if id_predictions is not None and "in" in scores:
+        rows = zip(
+            id_predictions["labels"].tolist(),
+            id_predictions["predictions"].tolist(),
+            id_predictions["confidence"].tolist(),
+        )
+        atomic_write_text(nat / f"in_labels{end}.txt", "".join(f"{y} {p} {c}\n" for y, p, c in rows))
+    atomic_write_json(nat / "written_by.json", {"method": method, "run_dir": str(run_dir)})
+    return nat
