@@ -159,7 +159,7 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
                 f"{key_}: {len(datasets[key_])} images requested, {len(files_)} unreadable skipped, "
                 f"{len(scores[key_])} used (--skip-bad-images; listed in results.json)"
             )
-        result = _complete(config, run.method, run_dir, names, settings)
+        result = _complete(config, run.method, run_dir, names, settings, config.only)
         if result is not None:
             result.settings["seconds"] = round(time.time() - t0, 2)
             results.append(result)
@@ -192,7 +192,7 @@ def _training_images(detector, stats, config: EvalConfig) -> dict | None:
     return None
 
 
-def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], settings: dict):
+def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], settings: dict, only=None):
     """The MethodResult of a run folder holding the ID scores and those of every OOD set ``names``
     (written to results.json there and published as the method's latest), else None with a line
     saying what is missing."""
@@ -203,8 +203,8 @@ def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], 
             "metrics: run once with --in-dist-only (or without --out-dist-only)"
         )
         return None
-    ood = [n for n in names if n in saved] if config.only == "in" else names
-    if config.only == "in" and not ood:
+    ood = [n for n in names if n in saved] if only == "in" else names
+    if only == "in" and not ood:
         predictions = runs_store.load_id_predictions(run_dir)
         accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
         print(
@@ -273,9 +273,7 @@ def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
         missing = [n for n in names if n not in saved]
         if missing:
             raise UserError(f"--cal-metric: {run_dir} holds no scores of {', '.join(missing)}")
-        config_only, config.only = config.only, None
         result = _complete(config, run.method, run_dir, names, settings)
-        config.only = config_only
         if result is not None:
             results.append(result)
             fits[run.method] = settings.get("training_images")

@@ -117,9 +117,9 @@ def publish(run_dir: Path, latest: Path, score_names: list[str]) -> None:
                 old.unlink()
     for name in sorted(keep):
         _copy(run_dir / "scores" / name, scores / name)
+    if (latest / "plots").is_dir():  # plots of an earlier run would not match these scores
+        shutil.rmtree(latest / "plots")
     if (run_dir / "plots").is_dir():
-        if (latest / "plots").is_dir():
-            shutil.rmtree(latest / "plots")
         shutil.copytree(run_dir / "plots", latest / "plots")
     results = json.loads((run_dir / "results.json").read_text())
     results["settings"]["run_dir"] = str(run_dir)
