@@ -324,7 +324,13 @@ def test_interrupted_precompute_resumes_to_the_same_result(env, precomputed, tmp
     done = 0
     for sig in (signal.SIGINT, signal.SIGKILL):
         proc = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [sys.executable, *argv],
+            cwd=REPO,
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # a run started in the background inherits SIGINT ignored; the child must see Ctrl-C
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         done = _wait_for_progress(proc, partial, done)
         proc.send_signal(sig)
