@@ -136,6 +136,26 @@ def test_knn_is_minus_the_distance_to_the_kth_normalised_training_neighbour(setu
     np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_knn_streams_a_bank_too_large_for_memory_from_its_file_with_the_same_scores(
+    setup, k, tmp_path, monkeypatch
+):
+    import detectors.knn as knn_module
+
+    s = setup
+    path = tmp_path / "train.npy"
+    np.save(path, s["train"])
+    bank = np.load(path, mmap_mode="r")  # as the feature cache returns it
+    in_memory = KNN(k=k).fit(fitted(KNN(k=k), s).fc_, train_features=bank)
+    monkeypatch.setattr(knn_module, "MAX_BANK_BYTES", 1000)  # force streaming
+    monkeypatch.setattr(knn_module, "BANK_ROWS", 37)  # several blocks, the last one partial
+    streamed = KNN(k=k).fit(in_memory.fc_, train_features=bank)
+    assert streamed.bank_ is bank and streamed.bank_norm_.shape == (len(bank),)
+    expected, _ = score_features(in_memory, s["test"])
+    got, _ = score_features(streamed, s["test"])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_knn_fraction_uses_that_share_of_the_training_set(setup):
     det = fitted(KNN(k=3, fraction=0.25), setup)
     assert det.bank_.shape == (100, D)
