@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from models.heads import cpu_copy
+from util.io import row_blocks
 
 
 def init_params(cls) -> list[str]:
@@ -209,8 +210,8 @@ def score_features(
     chunk = chunk or getattr(detector, "score_chunk", 8192)
     scores, preds = [], []
     with torch.inference_mode():
-        for start in range(0, len(features), chunk):
-            h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
+        for block in row_blocks(features, chunk):  # a memory-mapped file is read, not mapped in
+            h = torch.from_numpy(block.astype(np.float32, copy=False))
             s, z = detector.score_batch(h)
             scores.append(s.double().numpy())
             preds.append(z.argmax(dim=1).numpy())

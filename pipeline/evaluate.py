@@ -128,18 +128,7 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
             "skipped_bad_images": skipped,
             "training_images": fits[run.method],
         }
-        key = {
-            "in_dataset": config.in_dataset,
-            "name": config.name,
-            "model": model_key,
-            "method": run.method,
-            "detector": run.detector.get_params(),
-            "precision": config.precision,
-            "max_samples": config.max_samples,
-            "data_root": str(Path(config.data_root).resolve()),
-            "statistics": {k: v["sha256"] for k, v in files.items()},
-        }
-        run_dir = _run_dir(config, run, key)
+        run_dir = _run_dir(config, run, _run_key(config, run, model_key, files))
         previous = runs_store.read_run(run_dir) if (run_dir / "run.json").is_file() else {}
         settings["sets_scored"] = list(dict.fromkeys([*previous.get("sets_scored", []), *scores]))
         runs_store.write_run(run_dir, settings)
@@ -154,19 +143,34 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
                 id_predictions, run_dir,
             )  # fmt: skip
             print(f"{run.method}: per-image scores in the original code's format in {nat}/")
-        for key_, files_ in skipped.items():
+        for key, unreadable in skipped.items():
             print(
-                f"{key_}: {len(datasets[key_])} images requested, {len(files_)} unreadable skipped, "
-                f"{len(scores[key_])} used (--skip-bad-images; listed in results.json)"
+                f"{key}: {len(datasets[key])} images requested, {len(unreadable)} unreadable skipped, "
+                f"{len(scores[key])} used (--skip-bad-images; listed in results.json)"
             )
+        settings["seconds_to_score"] = round(time.time() - t0, 2)
         result = _complete(config, run.method, run_dir, names, settings, config.only)
         if result is not None:
-            result.settings["seconds"] = round(time.time() - t0, 2)
             results.append(result)
         print(f"{run.method}: {time.time() - t0:.1f} s")
     _print_tables(config, results, names, fits)
     print(f"forward passes: {extractor.images_forwarded} images ({time.time() - start:.1f} s in all)")
     return results
+
+
+def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
+    """Everything that changes a run's numbers: another value gives another run folder."""
+    return {
+        "in_dataset": config.in_dataset,
+        "name": config.name,
+        "model": model_key,
+        "method": run.method,
+        "detector": run.detector.get_params(),
+        "precision": config.precision,
+        "max_samples": config.max_samples,
+        "data_root": str(Path(config.data_root).resolve()),
+        "statistics": {k: v["sha256"] for k, v in files.items()},
+    }
 
 
 def _run_dir(config: EvalConfig, run, key: dict) -> Path:
