@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from util.argtypes import fraction_arg, positive_int
-from util.io import row_blocks
+from util.io import row_blocks, take_rows
 
 from .base import Detector, Param
 
@@ -82,7 +82,7 @@ class KNN(Detector):
             keep = np.sort(
                 np.random.default_rng(self.seed).choice(n, max(1, round(self.fraction * n)), False)
             )
-            features = np.asarray(features)[keep]
+            features = take_rows(features, keep)  # a memory-mapped file is read, not mapped in
         if len(features) < self.k:
             raise ValueError(f"KNN k = {self.k} exceeds the {len(features)} training features")
         if len(features) * features.shape[1] * 4 <= MAX_BANK_BYTES:

@@ -319,3 +319,25 @@ def test_row_blocks_of_a_memory_mapped_file_are_the_rows_in_order(tmp_path):
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
     np.testing.assert_array_equal(np.concatenate(list(row_blocks(mapped, 64))), x)
     np.testing.assert_array_equal(np.concatenate(list(row_blocks(mapped[10:], 64))), x[10:])
+
+
+def test_take_rows_of_a_memory_mapped_file_are_those_rows_in_that_order(tmp_path):
+    from util.io import take_rows
+
+    x = np.random.default_rng(1).normal(size=(300, 9)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = np.array([299, 0, 17, 17, 150])
+    got = take_rows(mapped, rows)
+    assert not isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, x[rows])
+    np.testing.assert_array_equal(take_rows(x, rows), x[rows])
+
+
+def test_knn_fraction_of_a_memory_mapped_bank_keeps_the_same_rows_as_of_an_array(setup, tmp_path):
+    s = setup
+    np.save(tmp_path / "train.npy", s["train"])
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
+    from_array = fitted(KNN(k=3, fraction=0.25), s)
+    from_file = KNN(k=3, fraction=0.25).fit(s["fc"], train_features=mapped)
+    torch.testing.assert_close(from_file.bank_, from_array.bank_, rtol=0, atol=0)

@@ -122,3 +122,25 @@ def row_blocks(array, rows: int):
             if block.size != m * row_items:
                 raise OSError(f"{path} ended early: expected {n} rows")
             yield block.reshape((m, *array.shape[1:]))
+
+
+def take_rows(array, indices) -> np.ndarray:
+    """``array[indices]`` as a fresh in-memory array; for a memory-mapped .npy file (as
+    ``row_blocks``) by plain file reads, row by row: fancy indexing through the map would leave
+    every page the kernel reads ahead around each row resident (gigabytes for rows spread over
+    a 10.5 GB file)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    source = _npy_file_of(array)
+    if source is None:
+        return np.array(np.asarray(array)[indices])
+    path, offset = source
+    row_items = int(np.prod(array.shape[1:], dtype=np.int64))
+    row_bytes = row_items * array.dtype.itemsize
+    out = np.empty((len(indices), *array.shape[1:]), dtype=array.dtype)
+    flat = out.reshape(len(indices), row_items)
+    with open(path, "rb", buffering=0) as f:
+        for i, row in enumerate(indices):
+            f.seek(offset + int(row) * row_bytes)
+            if f.readinto(memoryview(flat[i]).cast("B")) != row_bytes:
+                raise OSError(f"{path} ended early: expected {len(array)} rows")
+    return out
