@@ -30,6 +30,8 @@ def ensure_environment() -> None:
     python = ROOT / ".venv" / "bin" / "python"
     print(f"{sys.executable} has no torch/torchvision: using {python} (setup_env.sh)", file=sys.stderr)
     status = subprocess.call(["bash", "-c", "source ./setup_env.sh"], cwd=ROOT)
+    if status == 0 and python.is_file():  # a .venv that cannot import them would loop back here
+        status = subprocess.call([str(python), "-c", "import torch, torchvision"], cwd=ROOT)
     if status != 0 or not python.is_file():
         print(
             f"error: setting up {ROOT / '.venv'} failed (exit {status}); run `bash setup_env.sh` in {ROOT} "

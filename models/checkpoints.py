@@ -94,7 +94,7 @@ def resolve_checkpoint(
                 raise UserError(f"{model_arch} weights not found at {candidates[0]} (get {url})")
             return found[0]
         return pretrained_imagenet_checkpoint(model_arch)
-    if not download:
+    if not download or epoch != CHECKPOINT_EPOCH:  # only the epoch-100 files were published
         raise UserError(f"checkpoint not found: {path}")
     return download_published_checkpoint(in_dataset, name, path)
 

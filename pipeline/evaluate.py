@@ -18,6 +18,7 @@ metrics follow once both parts are there; ``--cal-metric`` computes them from a 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -36,6 +37,11 @@ from .scoring import max_softmax, score_cached, score_images
 from .statistics import TrainingStatistics
 
 FILE_STATISTICS = ("mean_feature", "contributions")
+# The flags besides the detector's that a saved run must share for --cal-metric to use it.
+SAVED_RUN_FIELDS = (
+    "model_arch", "checkpoint", "epochs", "precision", "data_root", "max_samples",
+    "contrib", "feat_stat", "detail",
+)  # fmt: skip
 TRAIN_STATISTICS = ("train_features", "train_labels")
 
 
@@ -47,10 +53,8 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     ensure_writable_dir(config.cache_dir, "cache directory")
     config.device = distributed.setup(config.device)  # torchrun: join the process group
     tf = setup.transform(config)
-    datasets, names = setup.test_sets(config, tf, config.out_datasets)
-    if config.only == "in":  # --in-dist-only
-        datasets = {"in": datasets["in"]}
-    elif config.only == "out":  # --out-dist-only
+    datasets, names = setup.test_sets(config, tf, config.out_datasets, ood=config.only != "in")
+    if config.only == "out":  # --out-dist-only
         datasets = {k: v for k, v in datasets.items() if k != "in"}
     model, model_key, checkpoint = setup.load_classifier(config)
     fc = model.get_classifier()
@@ -131,18 +135,22 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         run_dir = _run_dir(config, run, _run_key(config, run, model_key, files))
         previous = runs_store.read_run(run_dir) if (run_dir / "run.json").is_file() else {}
         settings["sets_scored"] = list(dict.fromkeys([*previous.get("sets_scored", []), *scores]))
-        runs_store.write_run(run_dir, settings)
         save_scores(run_dir, scores)
         id_predictions = None
         if "in" in scores:
             id_predictions = {"labels": labels, "predictions": preds["in"], "confidence": confidence}
             runs_store.save_id_predictions(run_dir, **id_predictions)
+        runs_store.write_run(run_dir, settings)  # last: it lists the sets whose scores are saved
         if run.method in owners:
-            nat = original_files.write_original_files(
+            nat, others = original_files.write_original_files(
                 config.base_dir, config.in_dataset, config.name, run.method, config.detail, scores,
                 id_predictions, run_dir,
             )  # fmt: skip
             print(f"{run.method}: per-image scores in the original code's format in {nat}/")
+            if others:
+                listed = ", ".join(f"{f} ({w['method']})" for f, w in list(others.items())[:6])
+                more = f" and {len(others) - 6} more" if len(others) > 6 else ""
+                print(f"  note: {nat}/ also holds files of other runs: {listed}{more} (see written_by.json)")
         for key, unreadable in skipped.items():
             print(
                 f"{key}: {len(datasets[key])} images requested, {len(unreadable)} unreadable skipped, "
@@ -188,11 +196,15 @@ def _training_images(detector, stats, config: EvalConfig) -> dict | None:
     if "train_features" in needs:
         n = len(stats.get("train_features"))
         where = f"--max-samples {config.max_samples} subset" if config.max_samples else "training set"
-        return {"count": n, "source": f"cached training features, {where}"}
+        return {"count": n, "source": f"cached training features, {where}", "max_samples": config.max_samples}
     for name in ("contributions", "mean_feature"):
         if name in needs:
             record = stats.files[name].get("record") or {}
-            return {"count": record.get("num_images"), "source": stats.files[name]["path"]}
+            return {
+                "count": record.get("num_images"),
+                "source": stats.files[name]["path"],
+                "max_samples": record.get("max_samples"),
+            }
     return None
 
 
@@ -254,29 +266,40 @@ def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
             detector.get_params(), detector.inert_params(), config.max_samples
         )
         folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
-        wanted = {"model_arch": config.model_arch, "precision": config.precision}
-        candidates = [
-            d
-            for d in runs_store.find_runs(folder, readable)
-            if all(runs_store.read_run(d).get(k) == v for k, v in wanted.items())
-        ]
+        wanted = {k: getattr(config, k) for k in SAVED_RUN_FIELDS}
+        params = json.loads(json.dumps(detector.get_params()))
+        candidates = []
+        for d in runs_store.find_runs(folder, readable):
+            saved = runs_store.read_run(d)
+            saved_params = {k: saved.get("detector", {}).get(k) for k in params}
+            if saved_params == params and all(saved.get(k) == v for k, v in wanted.items()):
+                candidates.append(d)
         if not candidates:
             there = [p.name for p in (folder / runs_store.RUNS).glob("*")] if folder.is_dir() else []
             raise UserError(
-                f"--cal-metric: no saved scores of {run.method} with {readable} ({config.model_arch}) under "
-                f"{folder / runs_store.RUNS}/; saved there: {', '.join(there) or 'nothing'}. Run "
-                "ood_eval.py with these flags and without --cal-metric first."
+                f"--cal-metric: no saved scores of {run.method} with {readable} and these flags "
+                f"({', '.join(f'{k} {v}' for k, v in wanted.items())}) under {folder / runs_store.RUNS}/; "
+                f"saved there: {', '.join(there) or 'nothing'}. Run ood_eval.py with these flags and "
+                "without --cal-metric first."
             )
-        run_dir = max(candidates, key=lambda d: (d / "run.json").stat().st_mtime)
-        if len(candidates) > 1:
-            print(f"{run.method}: {len(candidates)} saved runs with {readable} (other checkpoints); using "
-                  f"the latest, {run_dir.name}")  # fmt: skip
+        if len(candidates) > 1:  # same flags, other file contents (a checkpoint or statistics file changed)
+            raise UserError(
+                f"--cal-metric: {len(candidates)} saved runs of {run.method} match these flags, made with "
+                f"different checkpoint or statistics files: {', '.join(d.name for d in candidates)}; pass "
+                "--base-dir of one, or rerun ood_eval.py without --cal-metric"
+            )
+        run_dir = candidates[0]
         settings = runs_store.read_run(run_dir)
         saved = [n for n in settings.get("sets_scored", []) if n != "in"]
         names = config.out_datasets or saved
         missing = [n for n in names if n not in saved]
         if missing:
             raise UserError(f"--cal-metric: {run_dir} holds no scores of {', '.join(missing)}")
+        if not names:
+            raise UserError(
+                f"--cal-metric: {run_dir} holds no OOD scores (an --in-dist-only run); score the OOD sets "
+                "with --out-dist-only and the same flags first"
+            )
         result = _complete(config, run.method, run_dir, names, settings)
         if result is not None:
             results.append(result)

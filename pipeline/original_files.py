@@ -9,12 +9,14 @@ analysis scripts written for the originals (their ``util/metrics.py``) read our 
 ``_taylor_{detail}`` (LINe's code), and ``energy`` for DICE and ReAct, which the DICE code runs as
 energy with ``--p`` or ``--clip_threshold`` (suffix empty, DICE's code); other methods under their
 own name, DICE's format. Scores are higher-is-ID, as the originals wrote them; confidence is the max
-softmax probability of the method's logits. Like the originals, these files hold the latest run;
-``nat/written_by.json`` names the method and the run folder that wrote them.
+softmax probability of the method's logits. Like the originals, these files hold the latest run
+that wrote them; ``nat/written_by.json`` names, for each file, the method and the run folder that
+wrote it, and a run that leaves files of another run there (sets it did not score) says so.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,22 +63,37 @@ def write_original_files(
     scores: dict[str, np.ndarray],
     id_predictions: dict[str, np.ndarray] | None,
     run_dir: Path,
-) -> Path:
-    """Write the files of the sets in ``scores`` ("in" and OOD set names); returns the nat/ folder."""
+) -> tuple[Path, dict[str, dict]]:
+    """Write the files of the sets in ``scores`` ("in" and OOD set names); returns the nat/ folder
+    and the files there that another run wrote ({file: {"method", "run_dir"}})."""
     nat = nat_dir(base_dir, in_dataset, method, name)
     end = suffix(method, detail)
+    written = []
     for key, values in scores.items():
         if key == "in":
-            atomic_write_text(nat / f"in_scores{end}.txt", _lines(values))
+            written.append(f"in_scores{end}.txt")
         else:
-            folder = key.replace("/", "_").replace("\\", "_")
-            atomic_write_text(nat / folder / f"out_scores{end}.txt", _lines(values))
+            written.append(f"{key.replace('/', '_').replace(chr(92), '_')}/out_scores{end}.txt")
+        atomic_write_text(nat / written[-1], _lines(values))
     if id_predictions is not None and "in" in scores:
         rows = zip(
             id_predictions["labels"].tolist(),
             id_predictions["predictions"].tolist(),
             id_predictions["confidence"].tolist(),
         )
-        atomic_write_text(nat / f"in_labels{end}.txt", "".join(f"{y} {p} {c}\n" for y, p, c in rows))
-    atomic_write_json(nat / "written_by.json", {"method": method, "run_dir": str(run_dir)})
-    return nat
+        written.append(f"in_labels{end}.txt")
+        atomic_write_text(nat / written[-1], "".join(f"{y} {p} {c}\n" for y, p, c in rows))
+    return nat, _record_writer(nat, method, run_dir, written)
+
+
+def _record_writer(nat: Path, method: str, run_dir: Path, written: list[str]) -> dict[str, dict]:
+    """Update nat/written_by.json ({file: writer}) with this run's files; return the other runs' files."""
+    path = nat / "written_by.json"
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        files = {}
+    writer = {"method": method, "run_dir": str(run_dir)}
+    files.update({name: writer for name in written})
+    atomic_write_json(path, {"files": dict(sorted(files.items()))})
+    return {name: w for name, w in files.items() if w != writer}

@@ -38,10 +38,12 @@ def precompute_all(config: PrecomputeConfig) -> list[str]:
             )
         except UserError as exc:
             skipped.append(in_dataset)
-            print(
-                f"skipping {in_dataset} ({one.model_arch}): {exc}\n"
-                f"  (`python precompute.py --in-dataset {in_dataset}` downloads what is published)"
+            hint = (
+                f"\n  (`python precompute.py --in-dataset {in_dataset}` downloads the data and checkpoint)"
+                if in_dataset in ("CIFAR-10", "CIFAR-100")
+                else "\n  (see the README's ImageNet section for the data and weights)"
             )
+            print(f"skipping {in_dataset} ({one.model_arch}): {exc}{hint}")
             continue
         present.append(one)
     if not present:

@@ -76,7 +76,8 @@ def training_notes(fits: dict[str, dict | None], max_samples: int | None) -> lis
     if not counts:
         return []
     differ = len(set(counts.values())) > 1
-    stale = bool(max_samples) and any(c != max_samples for c in counts.values())
+    # a fit on a training subset other than this run's (precompute.py --max-samples, or none)
+    stale = any(f is not None and f.get("max_samples", max_samples) != max_samples for f in fits.values())
     if not (differ or stale):
         return []
     lines = [
@@ -87,9 +88,10 @@ def training_notes(fits: dict[str, dict | None], max_samples: int | None) -> lis
             count = "an unknown number of" if fit["count"] is None else fit["count"]
             lines.append(f"  {method}: {count} training images ({fit['source']})")
     if stale:
+        subset = f"--max-samples {max_samples}" if max_samples else "no --max-samples (all images)"
         lines.append(
-            f"  --max-samples {max_samples} limits the training features this run fits on; statistics files "
-            f"come from precompute.py: rerun it with --max-samples {max_samples} for fits on the same subset"
+            f"  this run has {subset}; the statistics files come from a precompute.py run with another "
+            "subset: rerun precompute.py with the same --max-samples for fits on the same images"
         )
     return lines
 

@@ -81,11 +81,18 @@ def train_set(config: RunConfig, tf):
     return train
 
 
-def test_sets(config: RunConfig, tf, requested: list[str] | None, extra: tuple[str, ...] = ()):
+def test_sets(
+    config: RunConfig, tf, requested: list[str] | None, extra: tuple[str, ...] = (), ood: bool = True
+):
     """(sets, OOD names): the ID test set (key ``in``), then ``extra`` and the OOD sets
-    (``ood_set_names``), each limited to ``max_samples`` images spread over the set."""
+    (``ood_set_names``), each limited to ``max_samples`` images spread over the set. With
+    ``ood=False`` (--in-dist-only) only the ID set is built, and the OOD names are those requested
+    or found, none required."""
     in_test = id_dataset(config.in_dataset, "test", config.data_root, tf)
     sets = {"in": spread_subset(in_test, config.max_samples)}
+    if not ood:
+        found = [n for n in default_ood_sets(config.in_dataset) if ood_available(n, config.data_root)]
+        return sets, list(requested or found)
     names = ood_set_names(config.in_dataset, config.data_root, requested)
     for name in [*extra, *names]:
         sets[name] = spread_subset(ood_dataset(name, config.data_root, tf), config.max_samples)

@@ -174,19 +174,21 @@ class TrainingStatistics:
 
     def _load_contributions(self) -> np.ndarray:
         c = self.config
-        path = (
-            Path(c.contrib)
-            if c.contrib
-            else contributions_path(
-                c.cache_dir, c.in_dataset, c.name, detail=getattr(c, "detail", "mean_class")
-            )
-        )
-        if not path.is_file():
-            if c.contrib:
+        detail = getattr(c, "detail", "mean_class")
+        if c.contrib:
+            path = Path(c.contrib)
+            if not path.is_file():
                 raise UserError(f"LINe contributions {path} (given with --contrib) not found")
-            raise UserError(
-                f"LINe contributions {path} not found: run `python precompute.py "
-                f"--in-dataset {c.in_dataset}` with the same --cache-dir first"
-            )
+        else:  # by --name, else by --model-arch (the LINe code's naming: model_arch = name)
+            candidates = [
+                contributions_path(c.cache_dir, c.in_dataset, n, detail=detail)
+                for n in (c.name, c.model_arch)
+            ]
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:
+                raise UserError(
+                    f"LINe contributions {candidates[0]} not found: run `python precompute.py "
+                    f"--in-dataset {c.in_dataset}` with the same --cache-dir first"
+                )
         self._record("contributions", path, "--contrib" if c.contrib else None)
         return load_contributions(path, self.num_classes, self.feature_dim)

@@ -224,7 +224,73 @@ def test_original_cifar_commands_run_end_to_end_and_write_the_original_files(rep
     written = json.loads(
         (repo_root / "output/ood_scores/CIFAR-10/energy/densenet/nat/written_by.json").read_text()
     )
-    assert written["method"] == "dice"
+    assert {w["method"] for w in written["files"].values()} == {"dice"}
+    assert set(written["files"]) == {
+        "in_scores.txt",
+        "in_labels.txt",
+        "dtd/out_scores.txt",
+        "LSUN/out_scores.txt",
+    }
+
+
+def test_original_files_left_by_another_run_are_named(repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    base = ["--in-dataset", "CIFAR-10", "--base-dir", "out_mixed"]
+    ood_eval.main([*base, "--p", "90"])  # DICE on dtd and LSUN
+    capsys.readouterr()
+    ood_eval.main([*base, "--out-datasets", "dtd"])  # Energy, same original folder, dtd only
+    out = capsys.readouterr().out
+    assert "also holds files of other runs: LSUN/out_scores.txt (dice)" in out
+    written = json.loads((repo_root / "out_mixed/CIFAR-10/energy/densenet/nat/written_by.json").read_text())
+    assert written["files"]["dtd/out_scores.txt"]["method"] == "energy"
+    assert written["files"]["LSUN/out_scores.txt"]["method"] == "dice"
+
+
+def test_in_dist_only_needs_no_ood_set_and_cal_metric_then_asks_for_ood_scores(
+    tmp_path, repo_root, monkeypatch, capsys
+):
+    import shutil
+
+    root = tmp_path / "id_only"  # CIFAR-10 and its checkpoint, no OOD set at all
+    shutil.copytree(repo_root / "datasets" / "CIFAR-10", root / "datasets" / "CIFAR-10")
+    (root / "checkpoints").symlink_to(repo_root / "checkpoints")
+    monkeypatch.chdir(root)
+    precompute.main(["--in-dataset", "CIFAR-10"])
+    ood_eval.main(["--in-dataset", "CIFAR-10", "--p", "90", "--in-dist-only"])
+    assert "ID test scores saved" in capsys.readouterr().out
+    with pytest.raises(UserError, match="holds no OOD scores"):
+        ood_eval.main(["--in-dataset", "CIFAR-10", "--p", "90", "--cal-metric"])
+    assert not (root / "output/ood_scores/CIFAR-10/dice/densenet/results.json").exists()
+
+
+def test_cal_metric_refuses_a_saved_run_made_with_other_flags(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)
+    command = [
+        "--in-dataset",
+        "CIFAR-10",
+        "--method",
+        "taylor",
+        "--base-dir",
+        "out_flags",
+        "--out-datasets",
+        "dtd",
+    ]
+    ood_eval.main(command)
+    with pytest.raises(UserError, match="no saved scores of line"):
+        ood_eval.main([*command, "--cal-metric", "--epochs", "50"])
+    with pytest.raises(UserError, match="no saved scores of line"):
+        ood_eval.main([*command, "--cal-metric", "--clip_threshold", "1.0000001"])
+
+
+def test_another_epoch_is_never_downloaded_under_its_name(tmp_path, monkeypatch):
+    from models.checkpoints import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: epoch 100 would be downloaded, epoch 50 is not
+    with pytest.raises(
+        UserError, match="checkpoint not found: checkpoints/CIFAR-10/densenet/checkpoint_50.pth.tar$"
+    ):
+        resolve_checkpoint(None, "CIFAR-10", "densenet", "densenet", epoch=50)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_cal_metric_recomputes_from_saved_scores_without_network_or_data(repo_root, monkeypatch, capsys):
