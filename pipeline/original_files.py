@@ -27,12 +27,12 @@ from util.io import atomic_write_json, atomic_write_text
 ORIGINAL_METHOD = {"line": "taylor", "dice": "energy", "react": "energy"}
 
 
-def original_method(method: str) -> str:
+def original_folder(method: str) -> str:
     return ORIGINAL_METHOD.get(method, method)
 
 
 def nat_dir(base_dir, in_dataset: str, method: str, name: str) -> Path:
-    return Path(base_dir) / in_dataset / original_method(method) / name / "nat"
+    return Path(base_dir) / in_dataset / original_folder(method) / name / "nat"
 
 
 def suffix(method: str, detail: str) -> str:
@@ -44,7 +44,7 @@ def owners(methods: list[str]) -> dict[str, str]:
     share a folder (energy, dice, react all use ``energy``), the one named like it, else the first."""
     by_folder: dict[str, str] = {}
     for m in methods:
-        folder = original_method(m)
+        folder = original_folder(m)
         if folder not in by_folder or m == folder:
             by_folder[folder] = m
     return {m: f for f, m in by_folder.items()}

@@ -62,11 +62,6 @@ def find_runs(folder: Path, readable: str) -> list[Path]:
     return sorted(p for p in runs.iterdir() if p.is_dir() and p.name.rsplit("-", 1)[0] == readable)
 
 
-def saved_score_names(run_dir: Path) -> list[str]:
-    folder = run_dir / "scores"
-    return sorted(p.stem for p in folder.glob("*.npy")) if folder.is_dir() else []
-
-
 def load_scores(run_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
     out = {}
     for name in names:
