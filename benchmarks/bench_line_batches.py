@@ -46,7 +46,7 @@ def timed(fn, batches) -> float:
 def main(argv=None) -> None:
     import torch
     import torch.nn.functional as F
-    from bench_line_imagenet import make_problem
+    from common import line_problem
 
     from models.route import RouteLINe
 
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--check", type=int, default=32, help="rows checked against the reference")
     args = parser.parse_args(argv)
 
-    W, b, contrib, features = make_problem(args.samples)
+    W, b, contrib, features = line_problem(args.samples)
     fc = torch.nn.Linear(W.shape[1], W.shape[0])
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(W))

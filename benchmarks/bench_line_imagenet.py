@@ -25,30 +25,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import line_problem  # noqa: E402
+
 C, D = 1000, 2048
 P_W, P_A, TAU = 10.0, 10.0, 0.8
-
-
-def make_problem(n: int, seed: int = 0):
-    """Random head (W, b), class-mean contributions and n non-negative features, float32."""
-    rng = np.random.default_rng(seed)
-    W = rng.normal(0, 0.02, (C, D)).astype(np.float32)
-    b = rng.normal(0, 0.01, C).astype(np.float32)
-
-    def relu_normal(rows: int) -> np.ndarray:  # float32 throughout: no float64 copy of the set
-        x = rng.standard_normal((rows, D), dtype=np.float32)
-        x *= 0.5
-        x += 0.3
-        return np.maximum(x, 0, out=x)
-
-    # Contributions as precompute.py makes them: class means of h * W[y] over 20 images a class.
-    contrib = np.zeros((C, D))
-    for c in range(C):
-        contrib[c] = (relu_normal(20) * W[c]).mean(axis=0, dtype=np.float64)
-    features = np.empty((n, D), dtype=np.float32)
-    for start in range(0, n, 4096):
-        features[start : start + 4096] = relu_normal(min(4096, n - start))
-    return W, b, contrib, features
 
 
 def peak_rss_gb() -> float:
@@ -61,7 +43,7 @@ def run_ours(n: int) -> dict:
     sys.path.insert(0, str(REPO))
     from detectors import LINe, score_features
 
-    W, b, contrib, features = make_problem(n)
+    W, b, contrib, features = line_problem(n, C, D)
     fc = torch.nn.Linear(D, C)
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(W))
@@ -104,7 +86,7 @@ def run_naive(n: int, n_score: int) -> dict:
     for the LINe logits (the way the original LINe code computes both).
     "matvec": the same two sums as matrix-vector products (a stronger baseline).
     """
-    W, b, contrib, features = make_problem(n)
+    W, b, contrib, features = line_problem(n, C, D)
     W64 = W.astype(np.float64)
     base = peak_rss_gb()
     t0, c0 = time.perf_counter(), time.process_time()

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -81,3 +83,26 @@ def report(rows: list[tuple[str, float]], unit: str = "images/s") -> None:
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
         print(f"  {name:<{width}}{value:10.1f} {unit}")
+
+
+def line_problem(n: int, C: int = 1000, D: int = 2048, seed: int = 0):
+    """LINe at ImageNet scale: a random head (W, b) of C classes over D features, class-mean
+    contributions as precompute.py makes them, and n non-negative features, float32."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(0, 0.02, (C, D)).astype(np.float32)
+    b = rng.normal(0, 0.01, C).astype(np.float32)
+
+    def relu_normal(rows: int) -> np.ndarray:  # float32 throughout: no float64 copy of the set
+        x = rng.standard_normal((rows, D), dtype=np.float32)
+        x *= 0.5
+        x += 0.3
+        return np.maximum(x, 0, out=x)
+
+    # Contributions as precompute.py makes them: class means of h * W[y] over 20 images a class.
+    contrib = np.zeros((C, D))
+    for c in range(C):
+        contrib[c] = (relu_normal(20) * W[c]).mean(axis=0, dtype=np.float64)
+    features = np.empty((n, D), dtype=np.float32)
+    for start in range(0, n, 4096):
+        features[start : start + 4096] = relu_normal(min(4096, n - start))
+    return W, b, contrib, features
