@@ -35,24 +35,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import write_relu_rows  # noqa: E402
 
 C, D = 1000, 2048
 FULL_TRAIN, FULL_TEST = 1_281_167, 50_000
-BLOCK = 16384
-
-
-def _write_rows(path: Path, rows: int, rng, relu: bool) -> None:
-    """A .npy of (rows, D) float32, written block by block (never whole in memory)."""
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, D))
-    offset = header.offset
-    del header
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        for start in range(0, rows, BLOCK):
-            values = rng.standard_normal((min(BLOCK, rows - start), D), dtype=np.float32)
-            if relu:
-                np.maximum(values, 0, out=values)
-            f.write(values.tobytes())
 
 
 def generate(folder: Path, n_train: int, n_test: int) -> None:
@@ -68,8 +56,8 @@ def generate(folder: Path, n_train: int, n_test: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     t0 = time.time()
-    _write_rows(folder / "train.npy", n_train, rng, relu=True)
-    _write_rows(folder / "test.npy", n_test, rng, relu=True)
+    write_relu_rows(folder / "train.npy", n_train, D, rng)
+    write_relu_rows(folder / "test.npy", n_test, D, rng)
     np.save(folder / "train_labels.npy", np.arange(n_train, dtype=np.int64) % C)  # every class present
     fc = torch.nn.Linear(D, C)
     with torch.no_grad():
@@ -99,12 +87,11 @@ def _reset_peak_rss() -> bool:
 
 def _peak_rss_gb() -> float:
     """VmHWM of /proc/self/status (the peak since the last reset), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.is_file() else []
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

@@ -26,21 +26,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import write_relu_rows  # noqa: E402
 
 
-def generate(path: Path, rows: int, dim: int, seed: int = 0, block: int = 16384) -> None:
+def generate(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     """A .npy of max(N(0, 1), 0) float32 values, written block by block (about half exact zeros)."""
-    rng = np.random.default_rng(seed)
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
-    offset = header.offset
-    del header
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        for start in range(0, rows, block):
-            m = min(block, rows - start)
-            values = rng.standard_normal((m, dim), dtype=np.float32)
-            np.maximum(values, 0, out=values)
-            f.write(values.tobytes())
+    write_relu_rows(path, rows, dim, np.random.default_rng(seed))
 
 
 def fit_in_this_process(path: str, percentile: float) -> dict:

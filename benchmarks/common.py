@@ -106,3 +106,17 @@ def line_problem(n: int, C: int = 1000, D: int = 2048, seed: int = 0):
     for start in range(0, n, 4096):
         features[start : start + 4096] = relu_normal(min(4096, n - start))
     return W, b, contrib, features
+
+
+def write_relu_rows(path, rows: int, dim: int, rng, block: int = 16384) -> None:
+    """A .npy of (rows, dim) float32 max(N(0, 1), 0) values (about half exact zeros, as after a
+    ReLU), written block by block: never whole in memory."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+    offset = header.offset
+    del header
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        for start in range(0, rows, block):
+            values = rng.standard_normal((min(block, rows - start), dim), dtype=np.float32)
+            np.maximum(values, 0, out=values)
+            f.write(values.tobytes())
