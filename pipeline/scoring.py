@@ -3,6 +3,8 @@ the images for network-level detectors (ODIN)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -11,6 +13,7 @@ from detectors.base import Detector, score_sets
 from util.data import BAD_IMAGE_LABEL, image_path
 from util.errors import UserError
 from util.features import FeatureExtractor, bad_image_message
+from util.io import row_blocks
 
 
 def score_cached(detector: Detector, features: dict) -> tuple[dict, dict]:
@@ -20,11 +23,20 @@ def score_cached(detector: Detector, features: dict) -> tuple[dict, dict]:
 
 def max_softmax(detector: Detector, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Max softmax probability of the detector's logits for each row (the confidence column of the
-    original code's in_labels file)."""
+    original code's in_labels file).
+
+    A detector that scores whole arrays its own way (LINe groups the rows by predicted class)
+    computes it the same way: a copy of it whose score of a logit block is the max softmax.
+    """
+    confidence = copy.copy(detector)
+    confidence.score_logits = lambda z: torch.softmax(z.double(), dim=1).max(dim=1).values
+    whole = confidence.score_array(features)
+    if whole is not None:
+        return whole[0]
     out = [np.zeros(0)]
     with torch.inference_mode():
-        for start in range(0, len(features), chunk):
-            h = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))
+        for block in row_blocks(features, chunk):
+            h = torch.from_numpy(block.astype(np.float32, copy=False))
             out.append(torch.softmax(detector.logits(h).double(), dim=1).max(dim=1).values.numpy())
     return np.concatenate(out)
 

@@ -263,18 +263,14 @@ def test_in_dist_only_needs_no_ood_set_and_cal_metric_then_asks_for_ood_scores(
     assert not (root / "output/ood_scores/CIFAR-10/dice/densenet/results.json").exists()
 
 
+def line_on_dtd(base_dir: str) -> list[str]:
+    """LINe with the paper's CIFAR-10 settings on dtd, results under ``base_dir``."""
+    return ["--in-dataset", "CIFAR-10", "--method", "taylor", "--base-dir", base_dir, "--out-datasets", "dtd"]
+
+
 def test_cal_metric_refuses_a_saved_run_made_with_other_flags(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
-    command = [
-        "--in-dataset",
-        "CIFAR-10",
-        "--method",
-        "taylor",
-        "--base-dir",
-        "out_flags",
-        "--out-datasets",
-        "dtd",
-    ]
+    command = line_on_dtd("out_flags")
     ood_eval.main(command)
     with pytest.raises(UserError, match="no saved scores of line"):
         ood_eval.main([*command, "--cal-metric", "--epochs", "50"])
@@ -361,16 +357,7 @@ def test_a_flag_that_does_not_apply_is_an_error_naming_flag_and_method(argv, fla
 
 def test_runs_with_other_settings_are_kept_and_the_latest_is_in_the_canonical_place(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
-    command = [
-        "--in-dataset",
-        "CIFAR-10",
-        "--method",
-        "taylor",
-        "--base-dir",
-        "out_keep",
-        "--out-datasets",
-        "dtd",
-    ]
+    command = line_on_dtd("out_keep")
     ood_eval.main([*command, "--p-w", "90"])
     ood_eval.main([*command, "--p-w", "50"])
     folder = repo_root / "out_keep/CIFAR-10/line/densenet"
