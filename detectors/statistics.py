@@ -59,6 +59,26 @@ def class_mean_contributions(
     return acc.mean().numpy(), acc.counts.numpy()
 
 
+def fill_empty_classes(
+    contrib: np.ndarray, counts: np.ndarray, fc: nn.Module, mean: np.ndarray
+) -> np.ndarray:
+    """``contrib`` (C, D) with each class that has no training image given the contribution of the
+    mean training feature to that class's logit, h_mean * W[y] (the average over all training
+    images of h * d logit_y / d h, as the head is linear).
+
+    A class mean over zero images is undefined (0 / 0); zeros instead would make LINe's percentile
+    cuts for that class degenerate (every neuron tied). This keeps the class's own weights and the
+    training data's typical activation, and is what a class with only typical images would get.
+    """
+    empty = np.flatnonzero(np.asarray(counts) == 0)
+    if len(empty) == 0:
+        return contrib
+    weight = fc.weight.detach().cpu().double().numpy()[empty]
+    out = contrib.copy()
+    out[empty] = weight * np.asarray(mean, dtype=np.float64)[None, :]
+    return out
+
+
 def mean_feature(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Mean of h over all rows, float64, shape (D,)."""
     total = np.zeros(features.shape[1], dtype=np.float64)

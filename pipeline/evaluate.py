@@ -26,7 +26,7 @@ import numpy as np
 
 from util import distributed
 from util.errors import UserError
-from util.io import save_scores
+from util.io import save_scores, sha256_file
 from util.runtime import code_version, ensure_writable_dir
 
 from . import original_files, report, setup
@@ -40,7 +40,8 @@ FILE_STATISTICS = ("mean_feature", "contributions")
 # The flags besides the detector's that a saved run must share for --cal-metric to use it.
 SAVED_RUN_FIELDS = (
     "model_arch", "checkpoint", "epochs", "precision", "data_root", "max_samples",
-    "contrib", "feat_stat", "detail",
+    "contrib", "feat_stat", "detail", "id_root", "class_map", "num_classes", "head",
+    "image_size", "mean", "std", "max_ood_samples",
 )  # fmt: skip
 TRAIN_STATISTICS = ("train_features", "train_labels")
 
@@ -178,13 +179,26 @@ def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
         "max_samples": config.max_samples,
         "data_root": str(Path(config.data_root).resolve()),
         "statistics": {k: v["sha256"] for k, v in files.items()},
+        # Set only away from the defaults, so that the keys of earlier runs stay as they were.
+        **{
+            k: v
+            for k, v in {
+                "id_root": config.id_root and str(Path(config.id_root).resolve()),
+                "class_map": config.class_map and sha256_file(config.class_map),
+                "input": repr(setup.input_spec(config))
+                if any(getattr(config, f) is not None for f in ("image_size", "mean", "std"))
+                else None,
+                "max_ood_samples": config.max_ood_samples,
+            }.items()
+            if v is not None
+        },
     }
 
 
 def _run_dir(config: EvalConfig, run, key: dict) -> Path:
     detector = run.detector
     readable = runs_store.readable_settings(
-        detector.get_params(), detector.inert_params(), config.max_samples
+        detector.get_params(), detector.inert_params(), config.max_samples, config.max_ood_samples
     )
     folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
     return folder / runs_store.RUNS / runs_store.run_id(readable, key)
@@ -263,10 +277,10 @@ def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
     for run in config.detectors:
         detector = run.detector
         readable = runs_store.readable_settings(
-            detector.get_params(), detector.inert_params(), config.max_samples
+            detector.get_params(), detector.inert_params(), config.max_samples, config.max_ood_samples
         )
         folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
-        wanted = {k: getattr(config, k) for k in SAVED_RUN_FIELDS}
+        wanted = json.loads(json.dumps({k: getattr(config, k) for k in SAVED_RUN_FIELDS}))
         params = json.loads(json.dumps(detector.get_params()))
         candidates = []
         for d in runs_store.find_runs(folder, readable):

@@ -13,13 +13,24 @@ import torch
 
 from detectors import registry
 from detectors.base import Param
-from models import MODEL_NAMES
+from models import MODEL_NAMES, check_arch
 from models.checkpoints import CHECKPOINT_EPOCH
-from util.argtypes import name_arg, nonnegative_int, positive_int
+from util.argtypes import name_or_folder_arg, nonnegative_int, positive_int, three_floats
 from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
 from util.errors import UserError
 
 from .config import DetectorRun
+
+
+def arch_arg(text: str) -> str:
+    """argparse type for --model-arch: a built-in name or torchvision:/timm:/module:function."""
+    try:
+        return check_arch(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+arch_arg.__name__ = "model"
 
 
 def add_run_args(
@@ -30,9 +41,10 @@ def add_run_args(
         *in_dataset_flags,
         dest="in_dataset",
         default=in_dataset_default,
-        type=name_arg(sorted(IN_DATASETS), "dataset"),
-        metavar="{" + ",".join(sorted(IN_DATASETS)) + "}",
-        help=f"in-distribution dataset (default: {in_dataset_default or 'every one whose data is present'})",
+        type=name_or_folder_arg(sorted(IN_DATASETS), "dataset"),
+        metavar="{" + ",".join(sorted(IN_DATASETS)) + "} or FOLDER",
+        help="in-distribution dataset: a name, or an image folder holding train/<class>/* and test/<class>/* "
+        f"(or val/) (default: {in_dataset_default or 'every one whose data is present'})",
     )
     parser.add_argument(
         "--name",
@@ -45,9 +57,47 @@ def add_run_args(
         "--model_arch",
         dest="model_arch",
         default=None,
-        type=name_arg(MODEL_NAMES, "model"),
-        help=f"architecture: {', '.join(MODEL_NAMES)} (default: --name when it is one, else densenet on "
-        "CIFAR and resnet50 on imagenet)",
+        type=arch_arg,
+        help=f"architecture: {', '.join(MODEL_NAMES)}, torchvision:NAME (any torchvision classifier), "
+        "timm:NAME (timm installed) or package.module:function (your function returning the model) "
+        "(default: --name when it is one, else densenet on CIFAR and resnet50 on imagenet)",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="classifier outputs where the in-dataset does not imply them (an image folder evaluated "
+        "by a larger head, with --class-map) (default: the in-dataset's classes)",
+    )
+    parser.add_argument(
+        "--class-map",
+        default=None,
+        help="image-folder --in-dataset: file mapping class folder names to output indices ('folder index' "
+        "per line, or one folder per line in output order) (default: sorted train/ folders)",
+    )
+    parser.add_argument(
+        "--head",
+        default=None,
+        help="module name of the output nn.Linear, e.g. classifier.1 (default: the last Linear the forward "
+        "pass runs)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="input crop size in pixels (default: the model's, else 32 on CIFAR and 224 elsewhere)",
+    )
+    parser.add_argument(
+        "--mean",
+        type=three_floats,
+        default=None,
+        help="input normalisation mean R,G,B (default: the model's or dataset's)",
+    )
+    parser.add_argument(
+        "--std",
+        type=three_floats,
+        default=None,
+        help="input normalisation std R,G,B (default: the model's or dataset's)",
     )
     parser.add_argument(
         "--epochs",
@@ -109,6 +159,12 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"OOD set names or folders (default: the papers' sets, {' '.join(CIFAR_OOD_SETS)} on CIFAR, "
         f"{' '.join(IMAGENET_OOD_SETS)} on ImageNet; extra: FashionMNIST gaussian uniform)",
+    )
+    parser.add_argument(
+        "--max-ood-samples",
+        type=positive_int,
+        default=None,
+        help="score at most this many images of each OOD set, spread evenly over it (default: all)",
     )
     parser.add_argument(
         "--contrib",

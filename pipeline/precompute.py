@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from detectors.statistics import class_mean_contributions, mean_feature
+from detectors.statistics import class_mean_contributions, fill_empty_classes, mean_feature
 from models.checkpoints import resolve_checkpoint
 from util import distributed
-from util.data import IN_DATASETS, id_dataset
+from util.data import IN_DATASETS, class_names, id_dataset
 from util.errors import UserError
 from util.features import CACHE_VERSION
 from util.io import atomic_save_npy, atomic_write_json, sha256_file
@@ -86,14 +86,22 @@ def precompute(config: PrecomputeConfig) -> None:
         )
     empty = np.flatnonzero(counts == 0)
     if len(empty):
-        print(f"warning: classes {empty.tolist()} have no training image; their contributions are 0")
+        contrib = fill_empty_classes(contrib, counts, extractor.fc, mean)
+        names = class_names(train)
+        listed = ", ".join(f"{c} ({names[c]})" if c in names else str(c) for c in empty[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        print(
+            f"note: {len(empty)} of {len(counts)} classes have no training image: {listed}{more}. Their "
+            "LINe contributions are those of the mean training feature, h_mean * W[y] "
+            "(detectors.statistics.fill_empty_classes), not a class mean."
+        )
 
     provenance = {
         "code_version": code_version(),
         "in_dataset": config.in_dataset,
         "name": config.name,
         "model_arch": config.model_arch,
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint) if checkpoint else "(the library's or function's own weights)",
         "checkpoint_sha256": model_key["checkpoint_sha256"],
         "num_images": int(len(fs)),
         "num_images_requested": int(fs.requested),
@@ -101,6 +109,8 @@ def precompute(config: PrecomputeConfig) -> None:
         "cache_version": CACHE_VERSION,
         "max_samples": config.max_samples,
         "images_per_class": counts.tolist(),
+        "classes_without_images": empty.tolist(),
+        "empty_class_contributions": "h_mean * W[y]" if len(empty) else None,
         "feature_cache": str(fs.path),
     }
     contrib_file = contributions_path(config.cache_dir, config.in_dataset, config.name, config.method)

@@ -38,7 +38,9 @@ def _text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def readable_settings(params: dict, inert: set, max_samples: int | None) -> str:
+def readable_settings(
+    params: dict, inert: set, max_samples: int | None, max_ood_samples: int | None = None
+) -> str:
     """``p_w=90,p_a=90,clip_threshold=1``: the parameters that act (switches are in the method name)."""
     parts = [
         f"{k}={_text(v)}"
@@ -47,6 +49,8 @@ def readable_settings(params: dict, inert: set, max_samples: int | None) -> str:
     ]
     if max_samples:
         parts.append(f"max_samples={max_samples}")
+    if max_ood_samples:
+        parts.append(f"max_ood_samples={max_ood_samples}")
     return ",".join(parts) or "default"
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from models import get_model, input_normalization
+from models import as_classifier, build_model, input_normalization, preferred_input
 from models.checkpoints import resolve_checkpoint
+from models.external import weights_sha256
 from util.data import (
+    CIFAR_DATASETS,
     IN_DATASETS,
+    InputSpec,
     balanced_subset,
+    dataset_input,
     default_ood_sets,
+    folder_classes,
     id_dataset,
-    id_transform,
     missing_ood_message,
     normalization,
     ood_available,
@@ -26,26 +31,82 @@ from .config import RunConfig
 
 
 def num_classes(config: RunConfig) -> int:
-    return IN_DATASETS[config.in_dataset]
+    """The classifier's outputs: what the in-dataset implies (CIFAR-10: 10, ImageNet: 1000; an image
+    folder: its classes, or the class map's largest index + 1), or --num-classes where it does not."""
+    if config.id_root is None:
+        implied = IN_DATASETS[config.in_dataset]
+        if config.num_classes not in (None, implied):
+            raise UserError(f"--num-classes {config.num_classes}: {config.in_dataset} has {implied} classes")
+        return implied
+    needed = max(folder_classes(config.id_root, config.class_map).values()) + 1
+    if config.num_classes is None:
+        return needed
+    if config.num_classes < needed:
+        raise UserError(
+            f"--num-classes {config.num_classes} is too few: {config.class_map or config.id_root} "
+            f"needs {needed} outputs"
+        )
+    return config.num_classes
 
 
 def load_classifier(config: RunConfig):
-    """(model, model_key, checkpoint_path); model_key identifies the weights in the cache keys."""
+    """(model, model_key, checkpoint_path); model_key identifies the network and its weights in the
+    cache keys: architecture, classes, the checkpoint's sha256 (a digest of the state_dict when the
+    weights come from a library or a user's function), and the output layer when named."""
+    classes = num_classes(config)
     checkpoint = resolve_checkpoint(
-        config.checkpoint, config.in_dataset, config.name, config.model_arch, epoch=config.epochs
+        config.checkpoint,
+        config.in_dataset,
+        config.name,
+        config.model_arch,
+        epoch=config.epochs,
+        num_classes=classes,
     )
-    model = get_model(config.model_arch, num_classes(config), checkpoint)
-    model_key = {
-        "arch": config.model_arch,
-        "num_classes": num_classes(config),
-        "checkpoint_sha256": sha256_file(checkpoint),
-    }
+    raw = build_model(config.model_arch, classes, checkpoint, pretrained=checkpoint is None)
+    digest = sha256_file(checkpoint) if checkpoint is not None else f"state_dict:{weights_sha256(raw)}"
+    model = as_classifier(raw, config.model_arch, input_spec(config).crop, config.head)
+    out = model.get_classifier().out_features
+    if out != classes:
+        raise UserError(
+            f"{config.model_arch} has {out} outputs, but {config.in_dataset} needs {classes}; "
+            "pass --num-classes or a model with that many"
+        )
+    model_key = {"arch": config.model_arch, "num_classes": classes, "checkpoint_sha256": digest}
+    if config.head is not None:
+        model_key["head"] = config.head
     return model, model_key, checkpoint
 
 
+def input_spec(config: RunConfig) -> InputSpec:
+    """Resize, crop and normalisation of the ID images (and of the noise OOD sets).
+
+    On CIFAR the dataset's (32 px, CIFAR statistics), with a built-in architecture's own
+    normalisation where it has one (BiT: mean = std = 0.5); on ImageNet and image folders the
+    model's preferred input (built-in spec, torchvision weights' transforms, timm's config), else
+    ImageNet's (Resize 256, CenterCrop 224). --image-size (the crop; the resize keeps the
+    resize/crop ratio), --mean and --std override.
+    """
+    cifar = config.id_root is None and config.in_dataset in CIFAR_DATASETS
+    spec = dataset_input(config.in_dataset if cifar else "imagenet")
+    if cifar:
+        norm = input_normalization(config.model_arch)
+        if norm is not None:
+            spec = replace(spec, mean=tuple(norm[0]), std=tuple(norm[1]))
+    else:
+        spec = preferred_input(config.model_arch) or spec
+    if config.image_size is not None:
+        resize = round(config.image_size * spec.resize / spec.crop)
+        spec = replace(spec, resize=resize, crop=config.image_size)
+    if config.mean is not None:
+        spec = replace(spec, mean=tuple(config.mean))
+    if config.std is not None:
+        spec = replace(spec, std=tuple(config.std))
+    return spec
+
+
 def transform(config: RunConfig):
-    """The ID transform, normalised as the architecture expects (BiT: mean = std = 0.5)."""
-    return id_transform(config.in_dataset, input_normalization(config.model_arch))
+    """The ID transform (``input_spec``)."""
+    return input_spec(config).transform()
 
 
 def input_std(tf) -> tuple[float, ...]:
@@ -75,7 +136,9 @@ def tag(config: RunConfig, set_name: str) -> str:
 def train_set(config: RunConfig, tf):
     """The ID training set; with ``max_samples``, its fixed class-balanced subset of that many images
     (``balanced_subset``), the same in precompute.py, ood_eval.py and sweep.py."""
-    train = id_dataset(config.in_dataset, "train", config.data_root, tf)
+    train = id_dataset(
+        config.in_dataset, "train", config.data_root, tf, id_root=config.id_root, class_map=config.class_map
+    )
     if config.max_samples:
         train = balanced_subset(train, config.max_samples, num_classes(config))
     return train
@@ -85,17 +148,21 @@ def test_sets(
     config: RunConfig, tf, requested: list[str] | None, extra: tuple[str, ...] = (), ood: bool = True
 ):
     """(sets, OOD names): the ID test set (key ``in``), then ``extra`` and the OOD sets
-    (``ood_set_names``), each limited to ``max_samples`` images spread over the set. With
+    (``ood_set_names``), each limited to ``max_samples`` images spread over the set (the OOD sets
+    also to ``max_ood_samples``). With
     ``ood=False`` (--in-dist-only) only the ID set is built, and the OOD names are those requested
     or found, none required."""
-    in_test = id_dataset(config.in_dataset, "test", config.data_root, tf)
+    in_test = id_dataset(
+        config.in_dataset, "test", config.data_root, tf, id_root=config.id_root, class_map=config.class_map
+    )
     sets = {"in": spread_subset(in_test, config.max_samples)}
     if not ood:
         found = [n for n in default_ood_sets(config.in_dataset) if ood_available(n, config.data_root)]
         return sets, list(requested or found)
     names = ood_set_names(config.in_dataset, config.data_root, requested)
     for name in [*extra, *names]:
-        sets[name] = spread_subset(ood_dataset(name, config.data_root, tf), config.max_samples)
+        limits = [n for n in (config.max_samples, getattr(config, "max_ood_samples", None)) if n]
+        sets[name] = spread_subset(ood_dataset(name, config.data_root, tf), min(limits, default=None))
     return sets, names
 
 

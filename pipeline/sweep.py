@@ -21,6 +21,7 @@ import numpy as np
 
 from detectors import registry
 from detectors.base import score_features
+from util.data import paper_setting
 from util.errors import UserError
 from util.io import atomic_write_json
 from util.metrics import auroc, fpr_at_95_tpr
@@ -43,7 +44,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def grid_of(config: SweepConfig, feature_dim: int) -> dict[str, tuple]:
     """The detector's search space with the axes of ``config.grid`` replaced."""
     cls, fixed = registry.lookup(config.method)
-    inert = registry.build(config.method, config.in_dataset).inert_params()
+    inert = registry.build(config.method, paper_setting(config.in_dataset)).inert_params()
     space = {k: v for k, v in cls.search_space(feature_dim).items() if k not in inert}
     for name, values in config.grid.items():
         if name in fixed:
@@ -68,7 +69,7 @@ def sweep(config: SweepConfig) -> dict:
     extractor = setup.make_extractor(config, model, model_key)
     tags = {key: setup.set_tag(config, key) for key in datasets}
     space = grid_of(config, fc.in_features)
-    base = registry.build(config.method, config.in_dataset)
+    base = registry.build(config.method, paper_setting(config.in_dataset))
     settings = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     stats = TrainingStatistics(
         config,

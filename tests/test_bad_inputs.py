@@ -365,7 +365,7 @@ def test_interrupted_precompute_resumes_to_the_same_result(env, precomputed, tmp
         (["--max-samples", "0"], "0 is out of range; expected an integer >= 1"),
         (["--in-dataset", "cifar10"], "unknown dataset 'cifar10': choose from CIFAR-10, CIFAR-100"),
         (["--in-dataset", "cifar10"], "did you mean 'CIFAR-10'?"),
-        (["--model-arch", "densenett"], "unknown model 'densenett': choose from densenet"),
+        (["--model-arch", "densenett"], "unknown model 'densenett'; choose one of densenet"),
     ],
 )
 def test_out_of_range_flags_are_argparse_errors(flags, message, capsys):

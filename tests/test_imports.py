@@ -65,7 +65,7 @@ def layer(module: str) -> str:
 
 ALLOWED = {
     "util": lambda m: m.startswith("util"),
-    "models": lambda m: m.startswith("models") or m in ("util.errors", "util.io"),
+    "models": lambda m: m.startswith("models") or m in ("util.errors", "util.io", "util.inputs"),
     "detectors": lambda m: layer(m) in ("util", "models", "detectors"),
     "pipeline": lambda m: layer(m) in ("util", "models", "detectors", "pipeline"),
     "helper": lambda m: layer(m) in PACKAGES,

@@ -300,7 +300,7 @@ def test_cal_metric_recomputes_from_saved_scores_without_network_or_data(repo_ro
     def no_network(*args, **kwargs):
         raise AssertionError("--cal-metric loaded a network")
 
-    monkeypatch.setattr("pipeline.setup.get_model", no_network)
+    monkeypatch.setattr("pipeline.setup.build_model", no_network)
     monkeypatch.setattr("pipeline.setup.id_dataset", no_network)
     ood_eval.main([*command, *base, "--cal-metric"])
     again = json.loads((repo_root / "out_cal/CIFAR-10/line/densenet/results.json").read_text())
@@ -450,24 +450,18 @@ def imagenet_repo(tmp_path_factory):
     return root
 
 
-def _small_imagenet_transform(in_dataset, norm=None):
-    """ImageNet's transform at 32 instead of 224 pixels: ResNet-50 then runs 2,000 images in seconds."""
-    from torchvision import transforms
+def _small_imagenet_input(config):
+    """ImageNet's input at 32 instead of 224 pixels: ResNet-50 then runs 2,000 images in seconds."""
+    from dataclasses import replace
 
-    mean, std = norm or ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    return transforms.Compose(
-        [
-            transforms.Resize(32),
-            transforms.CenterCrop(32),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    from util.data import IMAGENET_INPUT
+
+    return replace(IMAGENET_INPUT, resize=32, crop=32)
 
 
 def test_original_imagenet_commands_run_end_to_end_on_resnet50(imagenet_repo, monkeypatch, capsys):
     monkeypatch.chdir(imagenet_repo)
-    monkeypatch.setattr("pipeline.setup.id_transform", _small_imagenet_transform)  # speed only
+    monkeypatch.setattr("pipeline.setup.input_spec", _small_imagenet_input)  # speed only
     precompute.main([])  # `./precompute.py`: ImageNet is the ID dataset present here
     out = capsys.readouterr().out
     assert "skipping CIFAR-10" in out and "==== imagenet (resnet50, name resnet50)" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 
 
 def parsed_number(text: str, convert: type, expected: str):
@@ -91,3 +92,34 @@ def name_arg(choices, what: str):
 
     parse.__name__ = what  # argparse names the type in some messages
     return parse
+
+
+def name_or_folder_arg(choices, what: str):
+    """argparse type: one of ``choices``, or an existing folder (any text with a path separator or
+    naming a directory); else an error listing the names."""
+    by_name = name_arg(choices, what)
+
+    def parse(text: str) -> str:
+        if text in choices:
+            return text
+        if os.path.isdir(text):
+            return text
+        if os.sep in text or "/" in text:
+            raise argparse.ArgumentTypeError(f"{what} folder {text!r} does not exist")
+        try:
+            return by_name(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{exc} (or give an image folder with train/ and test/)"
+            ) from None
+
+    parse.__name__ = what
+    return parse
+
+
+def three_floats(text: str) -> tuple[float, float, float]:
+    """Three numbers, comma- or space-separated (per-channel mean or std)."""
+    parts = text.replace(",", " ").split()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers (R,G,B), e.g. 0.5,0.5,0.5")
+    return tuple(parsed_number(v, float, "three numbers (R,G,B)") for v in parts)

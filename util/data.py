@@ -11,6 +11,7 @@ import difflib
 import gzip
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,13 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from util.errors import UserError
+from util.inputs import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 IN_DATASETS = {"CIFAR-10": 10, "CIFAR-100": 100, "imagenet": 1000}
+CIFAR_DATASETS = ("CIFAR-10", "CIFAR-100")
 CIFAR_OOD_SETS = ("SVHN", "LSUN", "LSUN_resize", "iSUN", "dtd", "places365")
 # ImageNet-1k OOD benchmark of MOS (Huang & Li, CVPR 2021), used by DICE and LINe.
 IMAGENET_OOD_SETS = ("inat", "sun", "places", "dtd")
@@ -77,25 +78,26 @@ OOD_SOURCES = {
 }
 
 
+CIFAR_INPUT = InputSpec(32, 32, CIFAR_MEAN, CIFAR_STD)
+IMAGENET_INPUT = InputSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def dataset_input(in_dataset: str) -> InputSpec:
+    """The papers' input for ``in_dataset``: CIFAR 32 px with CIFAR statistics; ImageNet and image
+    folders Resize(256), CenterCrop(224) with ImageNet statistics."""
+    return CIFAR_INPUT if in_dataset in CIFAR_DATASETS else IMAGENET_INPUT
+
+
 def id_transform(in_dataset: str, norm: tuple[tuple, tuple] | None = None) -> transforms.Compose:
     """CIFAR: Resize(32), CenterCrop(32); ImageNet: Resize(256), CenterCrop(224); then ToTensor, Normalize.
 
     Normalize uses ``norm`` = (mean, std) when the model asks for its own (BiT: 0.5, 0.5; see
     ``models.input_normalization``), else the dataset's (CIFAR or ImageNet mean and std).
     """
-    if in_dataset == "imagenet":
-        resize, crop, default = 256, 224, (IMAGENET_MEAN, IMAGENET_STD)
-    else:
-        resize, crop, default = 32, 32, (CIFAR_MEAN, CIFAR_STD)
-    mean, std = norm or default
-    return transforms.Compose(
-        [
-            transforms.Resize(resize),
-            transforms.CenterCrop(crop),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    spec = dataset_input(in_dataset)
+    if norm is not None:
+        spec = replace(spec, mean=tuple(norm[0]), std=tuple(norm[1]))
+    return spec.transform()
 
 
 def image_size(transform: transforms.Compose) -> int:
@@ -110,6 +112,32 @@ def normalization(transform: transforms.Compose) -> transforms.Normalize:
         if isinstance(t, transforms.Normalize):
             return t
     raise ValueError("transform has no Normalize")
+
+
+LINK_FILE_MAX_BYTES = 1024
+
+
+def follow_link_files(path: str | os.PathLike) -> Path:
+    """``path`` with each component that is a link stored as a text file replaced by its target.
+
+    A Git checkout made without symbolic links (core.symlinks false, some archives and file
+    systems) stores a link as a small file holding the target path; ``../shared``'s ImageNet sample
+    has ``val`` -> ``train`` and ``ood_datasets`` -> ``../ood_datasets`` so. A file counts as such
+    a link only when it is that small, holds one line and that line names an existing folder
+    relative to the file's own folder.
+    """
+    path = Path(path)
+    out, parts = (Path(path.anchor), path.parts[1:]) if path.is_absolute() else (Path(), path.parts)
+    for part in parts:
+        out = out / part
+        if out.is_file() and out.stat().st_size <= LINK_FILE_MAX_BYTES:
+            try:
+                text = out.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if text and "\n" not in text and (out.parent / text).is_dir():
+                out = out.parent / text
+    return out
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -180,17 +208,30 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+def list_image_folder(
+    root: Path, class_index: dict[str, int] | None = None, classes_of: str = ""
+) -> tuple[list[Path], list[int], list[str]]:
     """torchvision ``ImageFolder`` order: class folders sorted, files of each sorted (recursive).
 
-    Images directly under ``root`` come first with label -1 (a plain folder of images).
+    Labels are the sorted folder positions, or with ``class_index`` (folder name -> label) the
+    labels it gives; a folder it does not name is an error (``classes_of`` says where the class
+    list came from). Images directly under ``root`` come first with label -1 (a plain folder of
+    images).
     """
     root = Path(root)
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     classes = [e.name for e in entries if e.is_dir()]
+    if class_index is not None:
+        unknown = [c for c in classes if c not in class_index]
+        if unknown:
+            raise UserError(
+                f"{root} has {len(unknown)} class folder(s) that are not among the "
+                f"{len(class_index)} classes of {classes_of or 'the class list'}: {', '.join(unknown[:5])}"
+            )
     files = [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
     labels = [-1] * len(files)
-    for label, cls in enumerate(classes):
+    for position, cls in enumerate(classes):
+        label = class_index[cls] if class_index is not None else position
         for dirpath, _, names in sorted(os.walk(root / cls, followlinks=True)):
             for name in sorted(names):
                 if _is_image(name):
@@ -199,12 +240,60 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def image_folder(root: Path, transform, hint: str = "") -> ImageFiles:
+def image_folder(
+    root: Path, transform, hint: str = "", class_index: dict[str, int] | None = None, classes_of: str = ""
+) -> ImageFiles:
     """``root`` read as an image folder; ``hint`` (what belongs there, where to get it) ends the error."""
-    files, labels, classes = list_image_folder(root)
+    files, labels, classes = list_image_folder(root, class_index, classes_of)
     if not files:
         raise UserError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)}){hint}")
-    return ImageFiles(root, files, labels, transform, classes)
+    ds = ImageFiles(root, files, labels, transform, classes)
+    ds.label_names = {v: k for k, v in class_index.items()} if class_index else dict(enumerate(classes))
+    return ds
+
+
+def class_names(dataset: Dataset) -> dict[int, str]:
+    """label -> class folder name of an image-folder dataset (through subsets); {} for others."""
+    while isinstance(dataset, (FixedSubset, torch.utils.data.Subset)):
+        dataset = dataset.dataset
+    return dict(getattr(dataset, "label_names", {}))
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The sorted names of the sub-folders of ``folder`` (the ImageFolder class order)."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+
+
+def read_class_map(path: str | os.PathLike) -> dict[str, int]:
+    """Folder name -> output index from a text file: one ``folder index`` pair per line, or one
+    folder name per line (its index is its line number, from 0). Blank lines and ``#`` comments
+    are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"class map not found: {path} (--class-map)")
+    pairs, names, listed = {}, [], 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        listed += 1
+        if len(parts) == 1:
+            names.append(parts[0])
+        elif len(parts) == 2 and parts[1].lstrip("-").isdigit() and int(parts[1]) >= 0:
+            pairs[parts[0]] = int(parts[1])
+        else:
+            raise UserError(
+                f"{path}:{number}: expected 'folder' or 'folder index' (index >= 0), got {line!r}"
+            )
+    if pairs and names:
+        raise UserError(f"{path}: mixes 'folder index' lines with bare folder names; use one form")
+    mapping = pairs or {name: i for i, name in enumerate(names)}
+    if len(mapping) != listed:
+        raise UserError(f"{path}: a folder name appears twice")
+    if not mapping:
+        raise UserError(f"{path}: no classes listed")
+    return mapping
 
 
 class ArrayImages(Dataset):
@@ -269,7 +358,7 @@ def read_idx_images(path: Path) -> np.ndarray:
 
 
 def _find_fashion_mnist(root: Path) -> Path | None:
-    raw = root / OOD_SOURCES["FashionMNIST"][0]
+    raw = follow_link_files(root / OOD_SOURCES["FashionMNIST"][0])
     for name in ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"):
         if (raw / name).is_file():
             return raw / name
@@ -286,7 +375,7 @@ def cifar_dataset(
     when absent and ``download`` is true.
     """
     root = Path(data_root)
-    folder = root / in_dataset / split
+    folder = follow_link_files(root / in_dataset / split)
     expected = IN_DATASETS[in_dataset]
     source = CIFAR_URLS[in_dataset]
     if not root.is_dir():
@@ -333,34 +422,98 @@ def cifar_dataset(
 def imagenet_dataset(split: str, data_root: str | os.PathLike, transform) -> Dataset:
     """ImageNet-1k ``split`` ('train' or 'val') from ``{root}/ILSVRC-2012/{split}/<wnid>/*``.
 
-    Labels are the sorted wnid folders (torchvision's ImageFolder order), which is the order of
-    torchvision's and BiT's 1000-way heads, so all 1000 class folders must be there.
+    Labels are the sorted wnid folders of the 1,000 training classes (torchvision's ImageFolder
+    order, the order of torchvision's and BiT's heads), so train/ holds all 1,000 class folders
+    (a folder may be empty). The val folder may hold a subset of them: each wnid keeps its label
+    among the 1,000, so ten classes can be the ID test set of a 1,000-way network.
     """
-    folder = Path(data_root) / IMAGENET_FOLDER / split
+    root = follow_link_files(Path(data_root) / IMAGENET_FOLDER)
+    folder = follow_link_files(root / split)
     if not folder.is_dir():
         raise UserError(f"ImageNet {split} set not found: {folder} does not exist. Get {IMAGENET_SOURCE}.")
-    ds = image_folder(folder, transform, f"; expected {folder}/<wnid>/*.JPEG. Get {IMAGENET_SOURCE}.")
-    if len(ds.classes) != IN_DATASETS["imagenet"]:
+    hint = f"; expected {folder}/<wnid>/*.JPEG. Get {IMAGENET_SOURCE}."
+    n_classes = IN_DATASETS["imagenet"]
+    own = class_folders(folder)
+    if len(own) == n_classes:
+        return image_folder(folder, transform, hint)
+    train = root / "train"
+    if split == "train" or not train.is_dir() or len(class_folders(train)) != n_classes:
         raise UserError(
-            f"{folder} has {len(ds.classes)} class folders; ImageNet-1k needs 1000 (<wnid> folders, "
-            "sorted names give the label order of the pretrained heads)"
+            f"{folder} has {len(own)} class folders; ImageNet-1k needs 1000 (<wnid> folders, sorted names "
+            "give the label order of the pretrained heads). A val folder may hold fewer when "
+            f"{train} holds all 1000."
         )
-    return ds
+    index = {wnid: i for i, wnid in enumerate(class_folders(train))}
+    return image_folder(folder, transform, hint, index, f"{train}")
+
+
+def folder_classes(root: str | os.PathLike, class_map: str | None = None) -> dict[str, int]:
+    """Folder name -> label of an image-folder ID dataset: the class map, else the sorted class
+    folders of ``{root}/train``."""
+    if class_map is not None:
+        return read_class_map(class_map)
+    train = follow_link_files(Path(root) / "train")
+    if not train.is_dir():
+        raise UserError(
+            f"{train} does not exist: an image-folder --in-dataset holds train/<class>/* and test/<class>/* "
+            "(or val/<class>/*); or pass --class-map FILE naming the classes"
+        )
+    classes = class_folders(train)
+    if not classes:
+        raise UserError(f"{train} has no class folders (expected train/<class>/*)")
+    return {c: i for i, c in enumerate(classes)}
+
+
+def folder_split(root: str | os.PathLike, split: str) -> Path:
+    """The folder of ``split`` in an image-folder dataset: train/, and test/ or else val/ for 'test'."""
+    root = Path(root)
+    if split == "train":
+        return follow_link_files(root / "train")
+    for name in ("test", "val"):
+        if follow_link_files(root / name).is_dir():
+            return follow_link_files(root / name)
+    raise UserError(f"{root} has neither test/ nor val/: the ID test set of an image-folder --in-dataset")
+
+
+def folder_dataset(
+    root: str | os.PathLike, split: str, transform, class_map: str | None = None
+) -> ImageFiles:
+    """``split`` ('train' or 'test') of an image-folder dataset, labelled by ``folder_classes``."""
+    folder = folder_split(root, split)
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist (the {split} split of --in-dataset {root})")
+    source = f"--class-map {class_map}" if class_map else f"{Path(root) / 'train'}"
+    return image_folder(
+        folder, transform, f"; expected {folder}/<class>/*", folder_classes(root, class_map), source
+    )
 
 
 def id_dataset(
-    in_dataset: str, split: str, data_root: str | os.PathLike, transform, download: bool = True
+    in_dataset: str,
+    split: str,
+    data_root: str | os.PathLike,
+    transform,
+    download: bool = True,
+    id_root: str | None = None,
+    class_map: str | None = None,
 ) -> Dataset:
     """The ID ``split`` ('train' or 'test'; ImageNet's test split is its 'val' folder); CIFAR is
-    downloaded when absent unless ``download`` is false."""
+    downloaded when absent unless ``download`` is false; ``id_root``: an image-folder dataset."""
+    if id_root is not None:
+        return folder_dataset(id_root, split, transform, class_map)
     if in_dataset == "imagenet":
         return imagenet_dataset("val" if split == "test" else split, data_root, transform)
     return cifar_dataset(in_dataset, split, data_root, transform, download=download)
 
 
 def default_ood_sets(in_dataset: str) -> tuple[str, ...]:
-    """The OOD sets of the papers for ``in_dataset``."""
-    return IMAGENET_OOD_SETS if in_dataset == "imagenet" else CIFAR_OOD_SETS
+    """The OOD sets of the papers for ``in_dataset``; image folders (full-size images) take ImageNet's."""
+    return CIFAR_OOD_SETS if in_dataset in CIFAR_DATASETS else IMAGENET_OOD_SETS
+
+
+def paper_setting(in_dataset: str) -> str:
+    """Whose detector hyperparameters apply: the dataset's own, ImageNet's for an image folder."""
+    return in_dataset if in_dataset in IN_DATASETS else "imagenet"
 
 
 CIFAR_URLS = {
@@ -371,7 +524,7 @@ CIFAR_URLS = {
 
 def ood_dataset_path(name: str, data_root: str | os.PathLike) -> Path:
     """Where a named OOD set is expected under the data root."""
-    return Path(data_root) / OOD_SOURCES[name][0]
+    return follow_link_files(Path(data_root) / OOD_SOURCES[name][0])
 
 
 def ood_available(name: str, data_root: str | os.PathLike) -> bool:

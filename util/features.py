@@ -147,7 +147,20 @@ class FeatureCache:
 
     def problem(self, dataset: Dataset, tag: str) -> str | None:
         """None when the entry of ``dataset`` is complete and was made with its key, else what is wrong."""
-        entry, n = self.entry(dataset, tag), len(dataset)
+        return self._entry_problem(self.entry(dataset, tag), dataset)
+
+    def same_images(self, dataset: Dataset, tag: str) -> Path | None:
+        """A complete entry under another tag with this entry's key (the same model, images and
+        transform: ImageNet-sample's val/ is a link to its train/), or None."""
+        own = self.entry(dataset, tag)
+        digest = own.name.rsplit("-", 1)[1]
+        for entry in sorted(own.parent.glob(f"*-{digest}")) if own.parent.is_dir() else []:
+            if entry != own and entry.is_dir() and self._entry_problem(entry, dataset) is None:
+                return entry
+        return None
+
+    def _entry_problem(self, entry: Path, dataset: Dataset) -> str | None:
+        n = len(dataset)
         if not entry.exists():
             return "is absent"
         try:
@@ -169,8 +182,10 @@ class FeatureCache:
                 return f"holds {name} of shape {got}, expected {shape}"
         return None
 
-    def load(self, dataset: Dataset, tag: str, from_cache: bool = True) -> FeatureSet:
-        entry = self.entry(dataset, tag)
+    def load(
+        self, dataset: Dataset, tag: str, from_cache: bool = True, entry: Path | None = None
+    ) -> FeatureSet:
+        entry = entry or self.entry(dataset, tag)
         return FeatureSet(
             features=np.load(entry / "features.npy", mmap_mode="r"),
             logits=np.load(entry / "logits.npy", mmap_mode="r"),
@@ -290,6 +305,9 @@ class FeatureExtractor:
             whole = self._from_whole_set(dataset, tag)
             if whole is not None:  # a subset (--max-samples) of a cached set: no forward pass
                 return self._drop_bad_images(whole, dataset, tag)
+            twin = self.cache.same_images(dataset, tag)
+            if twin is not None:  # the same images cached under another tag: no forward pass
+                return self._drop_bad_images(self.cache.load(dataset, tag, entry=twin), dataset, tag)
         if problem is not None:
             if main:
                 self.cache.discard(dataset, tag, problem)

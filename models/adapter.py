@@ -1,0 +1,138 @@
+"""Any classifier whose output layer is an ``nn.Linear``, split into features and that head.
+
+The detectors need the penultimate feature h (the head's input) and the head W h + b. For a model
+without ``forward_features``/``get_classifier`` (torchvision's and timm's builders, a user's own
+network), ``adapt`` finds the output Linear, either named by the user (``--head classifier.1``; a
+Sequential named there stands for its last Linear) or as the last Linear the forward pass runs on
+a probe input, and replaces it inside the model by ``nn.Identity``. Then
+
+    forward_features(x) = model_without_head(x)  (B, D),  get_classifier() = the Linear,
+    forward(x) = get_classifier()(forward_features(x)),
+
+which is exactly ``model(x)`` when nothing follows the head: the probe checks that, and that the
+head receives (B, D) features, and says what to do when either fails.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from util.errors import UserError
+
+PROBE_TOLERANCE = 1e-4  # relative to the largest |logit|; the split model runs the same ops
+
+
+class AdaptedClassifier(nn.Module):
+    """``body`` is the model with its head replaced by Identity; ``head_name`` where it was."""
+
+    def __init__(self, body: nn.Module, fc: nn.Linear, head_name: str):
+        super().__init__()
+        self.body = body
+        self.fc = fc
+        self.head_name = head_name
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _last_linear_run(model: nn.Module, probe: torch.Tensor) -> tuple[str | None, torch.Tensor]:
+    """(name of the last nn.Linear the forward pass runs, the model's output) on ``probe``."""
+    names = {id(m): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: order.append(names[id(mod)]))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    try:
+        out = run_probe(model, probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    return (order[-1] if order else None), out
+
+
+def run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    """``model(probe)`` without autograd; an error becomes a UserError naming the input size."""
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:
+        size = "x".join(str(s) for s in probe.shape[-2:])
+        raise UserError(
+            f"the model does not run on {size} inputs ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+            "pass --image-size with the size it was built for (and --mean/--std if it was trained "
+            "with others)"
+        ) from None
+    if isinstance(out, (tuple, list)) or not isinstance(out, torch.Tensor):
+        raise UserError(
+            f"the model returns {type(out).__name__}, not a tensor of logits, in eval mode; wrap it so that "
+            "forward(x) returns the logits"
+        )
+    return out
+
+
+def _resolve_head(model: nn.Module, head: str) -> tuple[str, nn.Linear]:
+    try:
+        module = model.get_submodule(head)
+    except AttributeError:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise UserError(
+            f"--head {head!r}: the model has no submodule of that name; its nn.Linear layers: "
+            f"{', '.join(linears[-5:]) or 'none'}"
+        ) from None
+    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear):
+        return f"{head}.{len(module) - 1}", module[-1]
+    if not isinstance(module, nn.Linear):
+        raise UserError(f"--head {head!r} is a {type(module).__name__}, not an nn.Linear output layer")
+    return head, module
+
+
+def adapt(model: nn.Module, image_size: int, head: str | None = None) -> nn.Module:
+    """``model`` split at its output Linear into an ``AdaptedClassifier``, checked on a probe input
+    of ``image_size``. A model's own ``forward_features`` is not relied on: in timm it is the
+    feature map before pooling, not the head's input."""
+    model = model.eval()
+    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    if head is None:
+        head, expected = _last_linear_run(model, probe)
+        if head is None:
+            raise UserError(
+                f"{type(model).__name__} runs no nn.Linear: its output layer must be an nn.Linear "
+                "(e.g. SqueezeNet's convolutional classifier is not), or name one with --head"
+            )
+    else:
+        expected = run_probe(model, probe)
+    head, fc = _resolve_head(model, head)
+    inputs: list[torch.Tensor] = []
+    hook = fc.register_forward_hook(lambda mod, inp, out: inputs.append(inp[0]))
+    try:
+        run_probe(model, probe)
+    finally:
+        hook.remove()
+    if not inputs or inputs[-1].dim() != 2:
+        shape = tuple(inputs[-1].shape) if inputs else "nothing"
+        raise UserError(
+            f"the output layer {head} receives {shape}, not (batch, features); name the classifier's "
+            "Linear with --head"
+        )
+    parent_name, _, leaf = head.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, nn.Identity())
+    adapted = AdaptedClassifier(model, fc, head).eval()
+    got = run_probe(adapted, probe)
+    scale = expected.abs().max().clamp_min(1.0)
+    if got.shape != expected.shape or (got - expected).abs().max() > PROBE_TOLERANCE * scale:
+        setattr(parent, leaf, fc)  # leave the user's model as it was
+        raise UserError(
+            f"the model's output is not its layer {head} applied to that layer's input (something follows "
+            "it in forward); name the output Linear with --head, or wrap the model so that it ends in it"
+        )
+    return adapted
