@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -69,10 +70,15 @@ def build(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
 
         builder_weights = _torchvision_builder(name)  # checks the name
         weights = builder_weights.DEFAULT if pretrained else None
+        where = ""
+        if weights is not None:
+            target = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[1]
+            where = f" (or download {weights.url} to {target})"
         return _download(
             arch,
             pretrained,
             lambda: torchvision.models.get_model(name, weights=weights, num_classes=num_classes),
+            where,
         )
     if prefix == "timm":
         timm = _timm()
@@ -84,7 +90,7 @@ def build(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
     return _from_factory(prefix, name, num_classes)
 
 
-def _download(arch: str, pretrained: bool, make):
+def _download(arch: str, pretrained: bool, make, where: str = ""):
     """``make()``; with ``pretrained``, a failure (no network, most often) becomes a UserError."""
     if not pretrained:
         return make()
@@ -93,7 +99,7 @@ def _download(arch: str, pretrained: bool, make):
     except Exception as exc:
         raise UserError(
             f"cannot build {arch} with its pretrained weights ({type(exc).__name__}: {str(exc)[:300]}). "
-            "Without network access, pass the weights file with --checkpoint."
+            f"Without network access, pass the weights file with --checkpoint{where}."
         ) from None
 
 
