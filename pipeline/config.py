@@ -69,6 +69,11 @@ class RunConfig:
     def __post_init__(self):
         if self.in_dataset is not None and self.in_dataset not in IN_DATASETS and self.id_root is None:
             self.id_root, self.in_dataset = self.in_dataset, dataset_label(self.in_dataset)
+        if self.class_map is not None and self.id_root is None:
+            raise UserError(
+                f"--class-map {self.class_map}: class maps label image-folder datasets (--in-dataset "
+                f"FOLDER); {self.in_dataset or 'each named dataset'} has its own labels"
+            )
         if self.in_dataset is not None:  # None: precompute.py's run over every ID dataset
             which = (
                 self.in_dataset if self.id_root is None else self.id_root

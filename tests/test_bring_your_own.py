@@ -163,6 +163,11 @@ def test_a_class_map_gives_folder_labels_and_a_larger_head(folder_root, tmp_path
         setup.num_classes(RunConfig(**{**config.__dict__, "num_classes": 5}))
 
 
+def test_a_class_map_for_a_named_dataset_is_refused():
+    with pytest.raises(UserError, match="class maps label image-folder datasets"):
+        RunConfig(in_dataset="CIFAR-10", class_map="map.txt")
+
+
 def test_a_folder_the_class_map_does_not_name_is_an_error(folder_root, tmp_path):
     mapping = tmp_path / "map.txt"
     mapping.write_text("cat\ndog\n")  # one per line: the line number is the index
