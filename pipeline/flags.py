@@ -15,7 +15,13 @@ from detectors import registry
 from detectors.base import Param
 from models import MODEL_NAMES, check_arch
 from models.checkpoints import CHECKPOINT_EPOCH
-from util.argtypes import name_or_folder_arg, nonnegative_int, positive_int, three_floats
+from util.argtypes import (
+    name_or_folder_arg,
+    nonnegative_int,
+    positive_int,
+    three_floats,
+    three_positive_floats,
+)
 from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
 from util.errors import UserError
 
@@ -95,7 +101,7 @@ def add_run_args(
     )
     parser.add_argument(
         "--std",
-        type=three_floats,
+        type=three_positive_floats,
         default=None,
         help="input normalisation std R,G,B (default: the model's or dataset's)",
     )

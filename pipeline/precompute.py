@@ -65,7 +65,9 @@ def precompute(config: PrecomputeConfig) -> None:
     ensure_writable_dir(config.cache_dir, "cache directory")
     model, model_key, checkpoint = setup.load_classifier(config)
     train = setup.train_set(config, setup.transform(config))
-    print(f"{config.in_dataset} training set: {len(train)} images; checkpoint {checkpoint}")
+    print(
+        f"{config.in_dataset} training set: {len(train)} images; weights {setup.weights_source(checkpoint)}"
+    )
 
     extractor = setup.make_extractor(config, model, model_key)
     fs = extractor.extract(train, setup.tag(config, "train"))
@@ -82,7 +84,7 @@ def precompute(config: PrecomputeConfig) -> None:
     if nonfinite:
         raise UserError(
             f"{nonfinite} NaN or infinite values in the statistics of {fs.path}: checkpoint "
-            f"{checkpoint} gives non-finite features or logits; nothing was written"
+            f"{setup.weights_source(checkpoint)} gives non-finite features or logits; nothing was written"
         )
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -101,7 +103,8 @@ def precompute(config: PrecomputeConfig) -> None:
         "in_dataset": config.in_dataset,
         "name": config.name,
         "model_arch": config.model_arch,
-        "checkpoint": str(checkpoint) if checkpoint else "(the library's or function's own weights)",
+        "checkpoint": setup.weights_source(checkpoint),
+        "inputs": setup.statistics_inputs(config),
         "checkpoint_sha256": model_key["checkpoint_sha256"],
         "num_images": int(len(fs)),
         "num_images_requested": int(fs.requested),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from models import as_classifier, build_model, input_normalization, preferred_input
 from models.checkpoints import resolve_checkpoint
-from models.external import weights_sha256
+from models.external import code_sha256, weights_sha256
 from util.data import (
     CIFAR_DATASETS,
     IN_DATASETS,
@@ -41,6 +41,12 @@ def num_classes(config: RunConfig) -> int:
     needed = max(folder_classes(config.id_root, config.class_map).values()) + 1
     if config.num_classes is None:
         return needed
+    if config.class_map is None and config.num_classes != needed:
+        raise UserError(
+            f"--num-classes {config.num_classes}: {config.id_root}/train has {needed} class folders, "
+            f"labelled 0..{needed - 1} by sorted name; for a head with other outputs, say which output "
+            "each folder is with --class-map FILE"
+        )
     if config.num_classes < needed:
         raise UserError(
             f"--num-classes {config.num_classes} is too few: {config.class_map or config.id_root} "
@@ -68,13 +74,33 @@ def load_classifier(config: RunConfig):
     out = model.get_classifier().out_features
     if out != classes:
         raise UserError(
-            f"{config.model_arch} has {out} outputs, but {config.in_dataset} needs {classes}; "
-            "pass --num-classes or a model with that many"
+            f"{config.model_arch} has {out} outputs, but {config.in_dataset} needs {classes}; pass a model "
+            "with that many, or for an image folder --num-classes with --class-map (which output each "
+            "folder is)"
         )
     model_key = {"arch": config.model_arch, "num_classes": classes, "checkpoint_sha256": digest}
     if config.head is not None:
         model_key["head"] = config.head
+    code = code_sha256(config.model_arch)
+    if code is not None:  # a user's function: its source decides the features too
+        model_key["code_sha256"] = code
     return model, model_key, checkpoint
+
+
+def weights_source(checkpoint) -> str:
+    """The checkpoint path, or where weights without a file came from (for messages and records)."""
+    return str(checkpoint) if checkpoint is not None else "(the library's or the function's own weights)"
+
+
+def statistics_inputs(config: RunConfig) -> dict:
+    """What besides the network decides the training statistics: the image folder, the class map,
+    the input transform and the named head. precompute.py records it; ood_eval.py checks it."""
+    return {
+        "id_root": config.id_root,
+        "class_map_sha256": sha256_file(config.class_map) if config.class_map else None,
+        "input": repr(input_spec(config)),
+        "head": config.head,
+    }
 
 
 def input_spec(config: RunConfig) -> InputSpec:

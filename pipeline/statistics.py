@@ -20,6 +20,8 @@ from util.errors import UserError
 from util.features import CACHE_VERSION
 from util.io import sha256_file
 
+from . import setup
+
 
 def contributions_path(
     cache_dir, in_dataset: str, name: str, method: str = "taylor", detail: str = "mean_class"
@@ -71,13 +73,16 @@ def load_contributions(path: Path, num_classes: int, feature_dim: int) -> np.nda
     return np.asarray(stored, dtype=np.float64).T
 
 
-def check_provenance(path: Path, model_key: dict, in_dataset: str, flag: str | None = None) -> dict | None:
+def check_provenance(
+    path: Path, model_key: dict, in_dataset: str, flag: str | None = None, inputs: dict | None = None
+) -> dict | None:
     """Check the record ``{path}.json`` that precompute.py writes next to a statistics file.
 
     Files without a record (made by the original LINe/DICE code) are accepted; their shape is
     checked when loaded. A record that names another model, or describes other file contents, is
     an error: the message says to rerun precompute.py (or, for a file given with ``flag``, names
-    the mismatch). Returns the record, or None.
+    the mismatch). ``inputs`` (``setup.statistics_inputs``: image folder, class map, transform,
+    head) is compared when the record has it. Returns the record, or None.
     """
     record_path = path.with_suffix(".json")
     if not record_path.is_file():
@@ -93,11 +98,20 @@ def check_provenance(path: Path, model_key: dict, in_dataset: str, flag: str | N
         "cache_version": CACHE_VERSION,
         "sha256": sha256_file(path),
     }
-    mismatches = [
-        f"{k}: file made with {record[k]!r}, now {v!r}"
-        for k, v in expected.items()
-        if k in record and record[k] != v
-    ]
+    if inputs is not None:
+        expected["inputs"] = json.loads(json.dumps(inputs))
+    mismatches = []
+    for k, v in expected.items():
+        if k not in record or record[k] == v:
+            continue
+        if isinstance(v, dict) and isinstance(record[k], dict):  # name only the entries that differ
+            mismatches += [
+                f"{k}.{sub}: file made with {record[k].get(sub)!r}, now {v.get(sub)!r}"
+                for sub in sorted(set(v) | set(record[k]))
+                if record[k].get(sub) != v.get(sub)
+            ]
+        else:
+            mismatches.append(f"{k}: file made with {record[k]!r}, now {v!r}")
     if not mismatches:
         return record
     what = "\n  ".join(mismatches)
@@ -109,9 +123,10 @@ def check_provenance(path: Path, model_key: dict, in_dataset: str, flag: str | N
     elif flag:
         advice = f"pass a {flag} file made for this checkpoint, or rerun precompute.py for it"
     else:
+        dataset = (inputs or {}).get("id_root") or in_dataset
         advice = (
-            f"rerun `python precompute.py --in-dataset {in_dataset}` with this --checkpoint and "
-            f"--cache-dir {path.parent} to recompute it"
+            f"rerun `python precompute.py --in-dataset {dataset}` with this --checkpoint (and this run's "
+            f"--class-map, --image-size, ... where given) and --cache-dir {path.parent} to recompute it"
         )
     given = f" (given with {flag})" if flag else ""
     raise UserError(f"{path}{given} does not match this run:\n  {what}\n{advice}")
@@ -152,7 +167,8 @@ class TrainingStatistics:
         return {k: v for k, v in self.files.items() if k in detector.needs()}
 
     def _record(self, key: str, path: Path, flag: str | None) -> None:
-        record = check_provenance(path, self.model_key, self.config.in_dataset, flag)
+        inputs = setup.statistics_inputs(self.config)
+        record = check_provenance(path, self.model_key, self.config.in_dataset, flag, inputs)
         self.files[key] = {"path": str(path), "sha256": sha256_file(path), "record": record}
 
     def _load_mean_feature(self) -> np.ndarray:

@@ -113,6 +113,13 @@ def test_a_model_that_changes_its_logits_after_the_head_is_refused_and_left_as_i
     assert isinstance(model.classifier[1], nn.Linear)
 
 
+def test_a_named_head_that_something_consumes_is_refused_and_the_model_left_as_it_was():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 6), nn.Linear(6, 2))
+    with pytest.raises(UserError, match="something follows"):
+        adapt(model, 4, head="1")
+    assert isinstance(model[1], nn.Linear)
+
+
 def test_a_model_that_does_not_run_at_the_image_size_says_which_flag_to_pass():
     model, _ = _build("vit_b_32")  # built for 32 px
     with pytest.raises(UserError, match="does not run on 64x64 inputs.*--image-size"):

@@ -123,3 +123,11 @@ def three_floats(text: str) -> tuple[float, float, float]:
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers (R,G,B), e.g. 0.5,0.5,0.5")
     return tuple(parsed_number(v, float, "three numbers (R,G,B)") for v in parts)
+
+
+def three_positive_floats(text: str) -> tuple[float, float, float]:
+    """Three numbers > 0 (a per-channel std)."""
+    values = three_floats(text)
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each std must be > 0")
+    return values

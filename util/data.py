@@ -11,6 +11,7 @@ import difflib
 import gzip
 import hashlib
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def normalization(transform: transforms.Compose) -> transforms.Normalize:
 
 
 LINK_FILE_MAX_BYTES = 1024
+LINK_FILE_MAX_HOPS = 8
 
 
 def follow_link_files(path: str | os.PathLike) -> Path:
@@ -130,14 +132,25 @@ def follow_link_files(path: str | os.PathLike) -> Path:
     out, parts = (Path(path.anchor), path.parts[1:]) if path.is_absolute() else (Path(), path.parts)
     for part in parts:
         out = out / part
-        if out.is_file() and out.stat().st_size <= LINK_FILE_MAX_BYTES:
-            try:
-                text = out.read_text().strip()
-            except (OSError, UnicodeDecodeError):
-                continue
-            if text and "\n" not in text and (out.parent / text).is_dir():
-                out = out.parent / text
+        for _ in range(LINK_FILE_MAX_HOPS):  # a link may point at another link file
+            target = _link_file_target(out)
+            if target is None:
+                break
+            out = target
     return out
+
+
+def _link_file_target(path: Path) -> Path | None:
+    if not path.is_file() or path.stat().st_size > LINK_FILE_MAX_BYTES:
+        return None
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text or "\n" in text:
+        return None
+    target = path.parent / text
+    return target if target.is_dir() or _link_file_target(target) is not None else None
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -156,6 +169,7 @@ class ImageFiles(Dataset):
         self.labels = labels
         self.transform = transform
         self.classes = list(classes)
+        self.relabelled = False  # labels from a class list, not folder positions: fingerprinted
 
     def __len__(self) -> int:
         return len(self.files)
@@ -176,12 +190,17 @@ class ImageFiles(Dataset):
         h = hashlib.sha256()
         for f in self.files:
             h.update(f"{f.relative_to(self.root).as_posix()}\t{f.stat().st_size}\n".encode())
-        return {
+        out = {
             "kind": "image_files",
             "root": str(self.root.resolve()),
             "n": len(self.files),
             "files_sha256": h.hexdigest(),
         }
+        if self.relabelled:  # a class map or ImageNet's val subset: the labels are part of the data
+            out["labels_sha256"] = hashlib.sha256(
+                np.asarray(self.labels, dtype=np.int64).tobytes()
+            ).hexdigest()
+        return out
 
 
 def image_path(dataset: Dataset, i: int) -> str:
@@ -248,7 +267,25 @@ def image_folder(
     if not files:
         raise UserError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)}){hint}")
     ds = ImageFiles(root, files, labels, transform, classes)
+    ds.relabelled = class_index is not None
     ds.label_names = {v: k for k, v in class_index.items()} if class_index else dict(enumerate(classes))
+    return ds
+
+
+def labelled_folder(
+    folder: Path, transform, hint: str = "", class_index=None, classes_of: str = ""
+) -> ImageFiles:
+    """``image_folder`` for an ID split: every image must be in a class folder (an image directly
+    under ``folder`` has no label; ILSVRC's val images come flat and must be sorted first)."""
+    ds = image_folder(folder, transform, hint, class_index, classes_of)
+    loose = [f.name for f, y in zip(ds.files, ds.labels) if y == -1]
+    if loose:
+        raise UserError(
+            f"{folder} holds {len(loose)} image(s) outside class folders (e.g. {loose[0]}): an ID split "
+            f"needs {folder}/<class>/*; sort ImageNet's val images into wnid folders (e.g. with valprep.sh)"
+        )
+    if not ds.classes:
+        raise UserError(f"{folder} has no class folders{hint}")
     return ds
 
 
@@ -265,34 +302,36 @@ def class_folders(folder: Path) -> list[str]:
 
 
 def read_class_map(path: str | os.PathLike) -> dict[str, int]:
-    """Folder name -> output index from a text file: one ``folder index`` pair per line, or one
-    folder name per line (its index is its line number, from 0). Blank lines and ``#`` comments
-    are skipped."""
+    """Folder name -> output index from a text file: one ``folder index`` pair per line (the last
+    field is the index, so folder names may hold spaces), or one folder name per line (its index is
+    its line number, from 0). Blank lines and lines starting with ``#`` are skipped."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"class map not found: {path} (--class-map)")
     pairs, names, listed = {}, [], 0
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
-        parts = line.split()
         listed += 1
-        if len(parts) == 1:
-            names.append(parts[0])
-        elif len(parts) == 2 and parts[1].lstrip("-").isdigit() and int(parts[1]) >= 0:
+        parts = line.rsplit(None, 1)
+        if len(parts) == 2 and re.fullmatch(r"[0-9]+", parts[1], re.ASCII):
             pairs[parts[0]] = int(parts[1])
         else:
-            raise UserError(
-                f"{path}:{number}: expected 'folder' or 'folder index' (index >= 0), got {line!r}"
-            )
+            names.append(line)
     if pairs and names:
-        raise UserError(f"{path}: mixes 'folder index' lines with bare folder names; use one form")
+        raise UserError(
+            f"{path}: mixes 'folder index' lines with lines that end in no index (e.g. {names[0]!r}); "
+            "use one form"
+        )
     mapping = pairs or {name: i for i, name in enumerate(names)}
     if len(mapping) != listed:
         raise UserError(f"{path}: a folder name appears twice")
     if not mapping:
         raise UserError(f"{path}: no classes listed")
+    shared = len(mapping) - len(set(mapping.values()))
+    if shared:
+        raise UserError(f"{path}: {shared} output index(es) given to two folders; each folder needs its own")
     return mapping
 
 
@@ -385,7 +424,7 @@ def cifar_dataset(
             f"{source}, or create {root} to let this script download it there."
         )
     if folder.is_dir():
-        ds = image_folder(
+        ds = labelled_folder(
             folder,
             transform,
             f"; expected {folder}/<class>/* with {expected} class folders. Get {in_dataset} from "
@@ -435,8 +474,8 @@ def imagenet_dataset(split: str, data_root: str | os.PathLike, transform) -> Dat
     n_classes = IN_DATASETS["imagenet"]
     own = class_folders(folder)
     if len(own) == n_classes:
-        return image_folder(folder, transform, hint)
-    train = root / "train"
+        return labelled_folder(folder, transform, hint)
+    train = follow_link_files(root / "train")
     if split == "train" or not train.is_dir() or len(class_folders(train)) != n_classes:
         raise UserError(
             f"{folder} has {len(own)} class folders; ImageNet-1k needs 1000 (<wnid> folders, sorted names "
@@ -444,7 +483,7 @@ def imagenet_dataset(split: str, data_root: str | os.PathLike, transform) -> Dat
             f"{train} holds all 1000."
         )
     index = {wnid: i for i, wnid in enumerate(class_folders(train))}
-    return image_folder(folder, transform, hint, index, f"{train}")
+    return labelled_folder(folder, transform, hint, index, f"{train}")
 
 
 def folder_classes(root: str | os.PathLike, class_map: str | None = None) -> dict[str, int]:
@@ -483,7 +522,7 @@ def folder_dataset(
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist (the {split} split of --in-dataset {root})")
     source = f"--class-map {class_map}" if class_map else f"{Path(root) / 'train'}"
-    return image_folder(
+    return labelled_folder(
         folder, transform, f"; expected {folder}/<class>/*", folder_classes(root, class_map), source
     )
 
@@ -608,17 +647,19 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
 
 
 def balanced_subset(dataset: Dataset, max_samples: int, num_classes: int) -> Dataset:
-    """A fixed, class-balanced subset: the first max_samples // C images of each class.
+    """A fixed, class-balanced subset: the first max_samples // K images of each of the K classes
+    that have images (K = C when every class has some).
 
-    The remainder (max_samples % C) goes one image each to the lowest class labels.
+    The remainder (max_samples % K) goes one image each to the lowest of those class labels.
     """
     if max_samples >= len(dataset):
         return dataset
     labels = dataset_labels(dataset)
-    per_class = np.full(num_classes, max_samples // num_classes)
-    per_class[: max_samples % num_classes] += 1
-    chosen = [np.flatnonzero(labels == c)[: per_class[c]] for c in range(num_classes)]
-    return FixedSubset(dataset, np.sort(np.concatenate(chosen)))
+    present = np.unique(labels[(labels >= 0) & (labels < num_classes)])
+    per_class = np.full(len(present), max_samples // max(len(present), 1))
+    per_class[: max_samples % max(len(present), 1)] += 1
+    chosen = [np.flatnonzero(labels == c)[:k] for c, k in zip(present, per_class)]
+    return FixedSubset(dataset, np.sort(np.concatenate(chosen or [np.zeros(0, np.int64)])))
 
 
 def spread_subset(dataset: Dataset, n: int | None) -> Dataset:
