@@ -42,12 +42,12 @@ class AdaptedClassifier(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def _last_linear_run(model: nn.Module, probe: torch.Tensor) -> tuple[str | None, torch.Tensor]:
-    """(name of the last nn.Linear the forward pass runs, the model's output) on ``probe``."""
-    names = {id(m): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    order: list[str] = []
+def _linear_calls(model: nn.Module, probe: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """(each nn.Linear call of the forward pass on ``probe`` as (module, input shape), in order;
+    the model's output): one probe pass finds the head and what it receives."""
+    calls: list[tuple[nn.Module, tuple]] = []
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out: order.append(names[id(mod)]))
+        m.register_forward_hook(lambda mod, inp, out: calls.append((mod, tuple(inp[0].shape))))
         for m in model.modules()
         if isinstance(m, nn.Linear)
     ]
@@ -56,7 +56,7 @@ def _last_linear_run(model: nn.Module, probe: torch.Tensor) -> tuple[str | None,
     finally:
         for h in hooks:
             h.remove()
-    return (order[-1] if order else None), out
+    return calls, out
 
 
 def run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
@@ -101,27 +101,20 @@ def adapt(model: nn.Module, image_size: int, head: str | None = None) -> nn.Modu
     feature map before pooling, not the head's input."""
     model = model.eval()
     probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    calls, expected = _linear_calls(model, probe)
     if head is None:
-        head, expected = _last_linear_run(model, probe)
-        if head is None:
+        if not calls:
             raise UserError(
                 f"{type(model).__name__} runs no nn.Linear: its output layer must be an nn.Linear "
                 "(e.g. SqueezeNet's convolutional classifier is not), or name one with --head"
             )
-    else:
-        expected = run_probe(model, probe)
+        head = {id(m): n for n, m in model.named_modules()}[id(calls[-1][0])]
     head, fc = _resolve_head(model, head)
-    inputs: list[torch.Tensor] = []
-    hook = fc.register_forward_hook(lambda mod, inp, out: inputs.append(inp[0]))
-    try:
-        run_probe(model, probe)
-    finally:
-        hook.remove()
-    if not inputs or inputs[-1].dim() != 2:
-        shape = tuple(inputs[-1].shape) if inputs else "nothing"
+    shapes = [shape for module, shape in calls if module is fc]
+    if not shapes or len(shapes[-1]) != 2:
         raise UserError(
-            f"the output layer {head} receives {shape}, not (batch, features); name the classifier's "
-            "Linear with --head"
+            f"the output layer {head} receives {shapes[-1] if shapes else 'nothing'}, not (batch, features); "
+            "name the classifier's Linear with --head"
         )
     parent_name, _, leaf = head.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

@@ -120,6 +120,22 @@ def test_a_named_head_that_something_consumes_is_refused_and_the_model_left_as_i
     assert isinstance(model[1], nn.Linear)
 
 
+class TokenNet(nn.Module):
+    """Its last Linear sees a sequence of tokens (B, T, D), pooled afterwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.proj(x.flatten(2).transpose(1, 2)).mean(dim=1)
+
+
+def test_a_last_linear_that_sees_a_sequence_is_refused_with_the_shape():
+    with pytest.raises(UserError, match=r"receives \(2, 16, 3\), not \(batch, features\)"):
+        adapt(TokenNet(), 4)
+
+
 def test_a_model_that_does_not_run_at_the_image_size_says_which_flag_to_pass():
     model, _ = _build("vit_b_32")  # built for 32 px
     with pytest.raises(UserError, match="does not run on 64x64 inputs.*--image-size"):
