@@ -30,28 +30,25 @@ from .resnetv2 import BIT_UNITS, ResNetV2
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``build(num_classes)`` -> an untrained model; ``input``: what its weights expect on ImageNet-size
-    images, or None for the dataset's; ``normalize_everywhere``: its (mean, std) applies on CIFAR too."""
+    """``build(num_classes)`` -> an untrained model; ``input``: what its weights expect (its mean and
+    std apply on every dataset, its sizes on ImageNet-size images), or None for the dataset's."""
 
     build: Callable[[int], nn.Module]
     input: InputSpec | None = None
-    normalize_everywhere: bool = False
 
 
 MODELS = {
     "densenet": ModelSpec(lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5)),
     "resnet50": ModelSpec(
-        lambda c: ResNet50(num_classes=c), InputSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD), True
+        lambda c: ResNet50(num_classes=c), InputSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD)
     ),
     "BiT-S-R101x1": ModelSpec(
         lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c),
         InputSpec(256, 224, ResNetV2.input_mean, ResNetV2.input_std),
-        True,
     ),
     "efficientnet-lite0": ModelSpec(
         lambda c: EfficientNetLite0(num_classes=c),
         InputSpec(256, 224, EfficientNetLite0.input_mean, EfficientNetLite0.input_std),
-        True,
     ),
 }
 MODEL_NAMES = tuple(MODELS)
@@ -115,7 +112,7 @@ def input_normalization(name: str) -> tuple[tuple, tuple] | None:
     includes the transform, changes with it.
     """
     spec = MODELS.get(name)
-    return (spec.input.mean, spec.input.std) if spec and spec.normalize_everywhere else None
+    return (spec.input.mean, spec.input.std) if spec and spec.input else None
 
 
 def preferred_input(name: str) -> InputSpec | None:

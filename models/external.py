@@ -12,6 +12,7 @@ data config).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import inspect
@@ -52,12 +53,11 @@ def _timm():
 
 
 def _torchvision_builder(name: str):
+    """The weights enum of torchvision's classification builder ``name`` (which must exist)."""
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        import difflib
-
-        names = torchvision.models.list_models(module=torchvision.models)
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UserError(f"torchvision has no classification model {name!r}{hint}")

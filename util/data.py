@@ -163,13 +163,17 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 class ImageFiles(Dataset):
     """A list of image files with labels; order as given."""
 
-    def __init__(self, root: Path, files: list[Path], labels: list[int], transform, classes=()):
+    def __init__(
+        self, root: Path, files: list[Path], labels: list[int], transform, classes=(), label_names=None,
+        relabelled: bool = False,
+    ):  # fmt: skip
         self.root = Path(root)
         self.files = files
         self.labels = labels
         self.transform = transform
         self.classes = list(classes)
-        self.relabelled = False  # labels from a class list, not folder positions: fingerprinted
+        self.label_names = dict(label_names or {})  # label -> class folder name
+        self.relabelled = relabelled  # labels from a class list, not folder positions: fingerprinted
 
     def __len__(self) -> int:
         return len(self.files)
@@ -266,10 +270,8 @@ def image_folder(
     files, labels, classes = list_image_folder(root, class_index, classes_of)
     if not files:
         raise UserError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)}){hint}")
-    ds = ImageFiles(root, files, labels, transform, classes)
-    ds.relabelled = class_index is not None
-    ds.label_names = {v: k for k, v in class_index.items()} if class_index else dict(enumerate(classes))
-    return ds
+    names = {v: k for k, v in class_index.items()} if class_index else dict(enumerate(classes))
+    return ImageFiles(root, files, labels, transform, classes, names, relabelled=class_index is not None)
 
 
 def labelled_folder(
