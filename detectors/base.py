@@ -18,6 +18,9 @@ and the sweep, so that a new detector is one new module plus one registry line:
   the fitted state depends on (a sweep changes the others without refitting).
 - ``kind``: ``"features"`` (scored from cached features) or ``"network"`` (needs the network and
   the images, like ODIN; see ``NetworkDetector``).
+- ``family``: how the results table groups it: ``"logit"`` (a function of the logits alone),
+  ``"feature"`` (uses the penultimate features, the head's weights or training statistics) or
+  ``"network"`` (runs the network).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Detector:
     aliases: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     kind: ClassVar[str] = "features"
+    family: ClassVar[str] = "feature"
     params: ClassVar[tuple[Param, ...]] = ()
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     fit_params: ClassVar[tuple[str, ...] | None] = None  # None: the fitted state depends on all
@@ -182,6 +186,7 @@ class NetworkDetector(Detector):
     """
 
     kind: ClassVar[str] = "network"
+    family: ClassVar[str] = "network"
 
     def fit(self, model: nn.Module, input_std) -> NetworkDetector:
         self.model_ = model

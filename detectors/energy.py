@@ -11,3 +11,4 @@ from .base import Detector
 class Energy(Detector):
     name = "energy"
     paper = "Liu et al., NeurIPS 2020"
+    family = "logit"

@@ -14,6 +14,7 @@ from .base import Detector
 class MSP(Detector):
     name = "msp"
     paper = "Hendrycks & Gimpel, ICLR 2017"
+    family = "logit"
 
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.double(), dim=1).max(dim=1).values

@@ -15,31 +15,60 @@ from util.errors import UserError
 
 from .ash import ASH
 from .base import Detector, Param, init_params
+from .bats import BATS
+from .cadref import CADRef, CARef
 from .dice import DICE
 from .energy import Energy
+from .fdbd import FDBD
+from .gen import GEN
 from .gradnorm import GradNorm
+from .kl_matching import KLMatching
 from .knn import KNN
 from .line import LINe
+from .lts import LTS
 from .mahalanobis import Mahalanobis
+from .maxlogit import MaxLogit
 from .msp import MSP
+from .nci import NCI
+from .neco import NECO
+from .nnguide import NNGuide
 from .odin import ODIN
 from .react import ReAct
+from .rmds import RelativeMahalanobis
 from .scale import SCALE
+from .she import SHE
 from .vim import ViM
 
 DETECTORS: tuple[type[Detector], ...] = (
+    # logit-based
     MSP,
-    ODIN,
+    MaxLogit,
     Energy,
+    GEN,
+    KLMatching,
+    # feature-based: activation shaping and weight sparsification
     ReAct,
+    BATS,
     DICE,
     ASH,
     SCALE,
+    LTS,
     GradNorm,
+    # feature-based: distances and subspaces
     Mahalanobis,
+    RelativeMahalanobis,
     KNN,
+    NNGuide,
     ViM,
+    SHE,
+    NECO,
+    FDBD,
+    NCI,
+    CARef,
+    CADRef,
     LINe,
+    # network-level
+    ODIN,
 )
 
 

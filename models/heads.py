@@ -18,3 +18,13 @@ def cpu_copy(fc: nn.Linear) -> nn.Linear:
         if fc.bias is not None:
             head.bias.copy_(fc.bias.detach())
     return head.eval()
+
+
+def last_batchnorm(model: nn.Module, num_features: int) -> tuple[str, nn.Module] | None:
+    """(name, module) of the last BatchNorm layer (in registration order, which is the order the
+    forward pass runs them in for sequential networks) with ``num_features`` channels, or None."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_features == num_features:
+            found = (name, module)
+    return found

@@ -36,7 +36,8 @@ from .report import MethodResult
 from .scoring import max_softmax, score_cached, score_images
 from .statistics import TrainingStatistics
 
-FILE_STATISTICS = ("mean_feature", "contributions")
+# Statistics loaded before any forward pass, so that a missing file or layer fails first.
+CHECKED_FIRST = ("mean_feature", "contributions", "batchnorm")
 # The flags besides the detector's that a saved run must share for --cal-metric to use it.
 SAVED_RUN_FIELDS = (
     "model_arch", "checkpoint", "epochs", "precision", "data_root", "max_samples",
@@ -70,13 +71,15 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
             train["set"] = extractor.extract(setup.train_set(config, tf), setup.tag(config, "train"))
         return train["set"]
 
-    stats = TrainingStatistics(config, model_key, setup.num_classes(config), fc.in_features, extract_train)
+    stats = TrainingStatistics(
+        config, model_key, setup.num_classes(config), fc.in_features, extract_train, model=model
+    )
     runs = config.detectors
     needs = {name for run in runs for name in run.detector.needs()}
     error = None
     if distributed.is_main():  # only rank 0 reads the cache directory (no shared file system needed)
         try:
-            for name in FILE_STATISTICS:
+            for name in CHECKED_FIRST:
                 if name in needs:
                     stats.get(name)
         except UserError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.heads import last_batchnorm
 from util.errors import UserError
 from util.features import CACHE_VERSION
 from util.io import sha256_file
@@ -138,11 +139,15 @@ class TrainingStatistics:
     ``mean_feature`` and ``contributions`` come from files (``--feat-stat`` / ``--contrib`` or the
     ones precompute.py wrote in the cache directory); ``train_features`` and ``train_labels`` from
     the feature cache through ``extract_train`` (which runs the network only for a set not cached).
-    ``files`` records each file used: path, sha256 and provenance record.
+    ``batchnorm`` (BATS) is read from the classifier: (beta, gamma) of its last BatchNorm layer with
+    D channels. ``files`` records each file used: path, sha256 and provenance record.
     """
 
-    def __init__(self, config, model_key: dict, num_classes: int, feature_dim: int, extract_train):
+    def __init__(
+        self, config, model_key: dict, num_classes: int, feature_dim: int, extract_train, model=None
+    ):
         self.config = config
+        self.model = model
         self.model_key = model_key
         self.num_classes = num_classes
         self.feature_dim = feature_dim
@@ -165,6 +170,20 @@ class TrainingStatistics:
 
     def files_for(self, detector) -> dict:
         return {k: v for k, v in self.files.items() if k in detector.needs()}
+
+    def _load_batchnorm(self) -> tuple[np.ndarray, np.ndarray]:
+        found = last_batchnorm(self.model, self.feature_dim) if self.model is not None else None
+        if found is None:
+            raise UserError(
+                f"bats needs a BatchNorm layer with {self.feature_dim} channels (the penultimate features') "
+                f"in the classifier; {self.config.model_arch} has none. Choose another method for this model."
+            )
+        name, bn = found
+        if bn.weight is None or bn.bias is None:
+            raise UserError(
+                f"bats: the BatchNorm layer {name!r} of {self.config.model_arch} has no affine parameters"
+            )
+        return bn.bias.detach().double().cpu().numpy(), bn.weight.detach().double().cpu().numpy()
 
     def _record(self, key: str, path: Path, flag: str | None) -> None:
         inputs = setup.statistics_inputs(self.config)

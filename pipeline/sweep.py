@@ -77,6 +77,7 @@ def sweep(config: SweepConfig) -> dict:
         setup.num_classes(config),
         fc.in_features,
         lambda: extractor.extract(setup.train_set(config, tf), setup.tag(config, "train")),
+        model=model,
     )
     network = base.kind == "network"
     if not network:

@@ -16,6 +16,8 @@ from util.errors import UserError
 
 C, D = 4, 12
 FEATURE_METHODS = [n for n in registry.method_names() if registry.lookup(n)[0].kind == "features"]
+# Neighbour counts that fit the 80 training features of the problem below.
+SMALL = {"knn": {"k": 3}, "nnguide": {"k": 3, "fraction": 0.5}}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,7 @@ def problem():
         "contributions": np.array(
             [(train[labels == c] * fc.weight[c].detach().numpy()).mean(0) for c in range(C)]
         ),
+        "batchnorm": (train.mean(0).astype(np.float64), train.std(0).astype(np.float64)),
     }
     test = np.maximum(rng.normal(0.3, 1.2, (30, D)), 0).astype(np.float32)
     return fc, stats, test
@@ -50,8 +53,8 @@ def test_each_detector_declares_name_paper_params_defaults_and_search_space_of_i
     for fixed in cls.variants().values():
         assert set(fixed) <= params
     fit_args = list(inspect.signature(cls.fit).parameters)[2:]
-    assert all(a in ("train_features", "train_labels", "mean_feature", "contributions", "input_std", "chunk")
-               for a in fit_args)  # fmt: skip
+    statistics = ("train_features", "train_labels", "mean_feature", "contributions", "batchnorm")
+    assert all(a in (*statistics, "input_std", "chunk") for a in fit_args)
 
 
 @pytest.mark.parametrize("name", registry.method_names())
@@ -76,7 +79,7 @@ def test_the_papers_settings_are_the_per_dataset_defaults():
 @pytest.mark.parametrize("name", FEATURE_METHODS)
 def test_fit_leaves_the_parameters_as_set_and_stores_fitted_state_with_a_trailing_underscore(problem, name):
     fc, stats, test = problem
-    detector = registry.build(name, "CIFAR-10", {"k": 3} if name == "knn" else {})
+    detector = registry.build(name, "CIFAR-10", SMALL.get(name, {}))
     before = detector.get_params()
     attributes = set(vars(detector))
     detector.fit(fc, **{k: stats[k] for k in detector.needs()})
@@ -179,7 +182,7 @@ def test_knn_with_k_above_the_training_set_is_refused_when_fitted(problem):
 @pytest.mark.parametrize("name", FEATURE_METHODS)
 def test_an_empty_feature_array_gives_empty_scores(problem, name):
     fc, stats, _ = problem
-    detector = registry.build(name, "CIFAR-10", {"k": 3} if name == "knn" else {})
+    detector = registry.build(name, "CIFAR-10", SMALL.get(name, {}))
     detector.fit(fc, **{k: stats[k] for k in detector.needs()})
     scores, preds = score_features(detector, np.zeros((0, D), dtype=np.float32))
     assert scores.shape == (0,) and preds.shape == (0,)

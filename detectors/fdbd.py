@@ -1,0 +1,67 @@
+"""fDBD: fast decision-boundary-based detection (Liu & Qin, "Fast Decision Boundary based
+Out-of-Distribution Detector", ICML 2024).
+
+For the predicted class yhat = argmax z, z = W h + b, the distance of h to the decision boundary
+between yhat and class c in feature space is |z_yhat - z_c| / ||w_yhat - w_c||. Score = the mean of
+these distances over the C - 1 other classes, divided by ||h - mu|| with mu the mean ID training
+feature (the paper's regulariser; ``normalizer="norm"`` divides by ||h|| instead, the alternative
+OpenOOD v1.5 sweeps).
+
+OpenOOD v1.5's ``fdbd`` postprocessor sums over all C classes (the predicted one adds 0) instead
+of averaging over C - 1: its scores are ours times the constant C - 1, per image. Not in
+pytorch-ood 0.4. Weight-row distances are computed in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from util.argtypes import name_arg
+
+from .base import Detector, Param
+from .statistics import mean_feature
+
+NORMALIZERS = ("distance", "norm")
+
+
+class FDBD(Detector):
+    name = "fdbd"
+    paper = "Liu & Qin, ICML 2024"
+    params = (
+        Param(
+            "normalizer",
+            ("--fdbd-normalizer",),
+            "fDBD: divide by ||h - training mean|| ('distance', the paper's, default) or ||h|| ('norm')",
+            name_arg(NORMALIZERS, "fDBD normalizer"),
+        ),
+    )
+    fit_params = ()
+
+    def __init__(self, normalizer: str = "distance"):
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"fDBD normalizer must be one of {', '.join(NORMALIZERS)}, got {normalizer!r}")
+        self.normalizer = normalizer
+
+    @classmethod
+    def search_space(cls, feature_dim: int) -> dict[str, tuple]:
+        return {"normalizer": NORMALIZERS}
+
+    def fit(self, fc, train_features) -> FDBD:
+        super().fit(fc)
+        w = self.fc_.weight.detach().double()
+        self.train_mean_ = torch.from_numpy(mean_feature(train_features))
+        gaps = torch.cdist(w, w)  # ||w_p - w_c||
+        gaps.fill_diagonal_(1.0)  # the predicted class's own term is |z_p - z_p| / 1 = 0
+        self.boundary_scale_ = gaps
+        return self
+
+    def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.logits(h)
+        zd = z.double()
+        top, pred = zd.max(dim=1)
+        distances = (top[:, None] - zd).abs() / self.boundary_scale_[pred]
+        mean_distance = distances.sum(dim=1) / max(zd.shape[1] - 1, 1)
+        x = h.double()
+        if self.normalizer == "distance":
+            x = x - self.train_mean_
+        return mean_distance / torch.linalg.vector_norm(x, dim=1), z

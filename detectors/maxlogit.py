@@ -1,0 +1,23 @@
+"""MaxLogit (Hendrycks, Basart, Mazeika, Zou, Kwon, Mostajabi, Steinhardt & Song, "Scaling
+Out-of-Distribution Detection for Real-World Settings", ICML 2022).
+
+Score = max_c z_c with z = W h + b: the largest logit, unnormalised (no softmax). Equals
+OpenOOD v1.5's ``mls`` postprocessor per image; pytorch-ood's ``MaxLogit`` returns -max_c z_c
+(outlier score, the opposite sign).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Detector
+
+
+class MaxLogit(Detector):
+    name = "maxlogit"
+    aliases = ("mls",)
+    paper = "Hendrycks et al., ICML 2022"
+    family = "logit"
+
+    def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.double().max(dim=1).values
