@@ -65,7 +65,10 @@ def default_grids(feature_dim: int = 342) -> str:
     for method in registry.method_names():
         cls, _ = registry.lookup(method)
         space = cls.search_space(feature_dim)
-        text = "; ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in space.items())
+        text = "; ".join(
+            f"{k}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+            for k, vs in space.items()
+        )
         lines.append(f"  {method:<12} {text or '(no parameters)'}")
     return "\n".join(lines)
 

@@ -62,7 +62,7 @@ class LTS(Detector):
         Param(
             "percentile",
             ("--lts-percentile",),
-            "LTS percentile p: S = (sum of h / sum of its top (100 - p)%)^2 (default 95, the paper's)",
+            "LTS percentile p: S = (sum of h / sum of its top (100 - p) percent)^2 (default 95, the paper's)",
             open_percentile_arg,
         ),
     )

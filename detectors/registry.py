@@ -33,11 +33,13 @@ from .nci import NCI
 from .neco import NECO
 from .nnguide import NNGuide
 from .odin import ODIN
+from .optfs import OptFS
 from .react import ReAct
 from .rmds import RelativeMahalanobis
 from .scale import SCALE
 from .she import SHE
 from .vim import ViM
+from .vra import VRA
 
 DETECTORS: tuple[type[Detector], ...] = (
     # logit-based
@@ -53,6 +55,8 @@ DETECTORS: tuple[type[Detector], ...] = (
     ASH,
     SCALE,
     LTS,
+    VRA,
+    OptFS,
     GradNorm,
     # feature-based: distances and subspaces
     Mahalanobis,
