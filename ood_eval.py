@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_of(args: argparse.Namespace) -> EvalConfig:
-    return EvalConfig(
-        **config_values(args, EvalConfig), detectors=detector_runs(args, paper_setting(args.in_dataset))
-    )
+    config = EvalConfig(**config_values(args, EvalConfig))
+    config.detectors = detector_runs(args, paper_setting(config.in_dataset))
+    return config
 
 
 def config_from_flags(argv=None) -> EvalConfig:

@@ -50,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace one axis of the detector's search space (repeatable), e.g. p_w=10,50,90 "
         "(default: the grids listed below)",
     )
-    parser.add_argument("--val-ood", default="gaussian", help="validation OOD set (default: gaussian)")
     parser.add_argument(
-        "--val-fraction", type=fraction_arg, default=0.2, help="ID test share for validation (default 0.2)"
+        "--val-ood",
+        default=None,
+        help="validation OOD set (default: gaussian; with --benchmark its OOD validation list)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the ID validation split (default: 0)")
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction_arg,
+        default=None,
+        help="ID test share for validation (default 0.2; with --benchmark its ID validation list instead)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the ID validation split (default: 0)")
     add_evaluation_args(parser)
     return parser
 
@@ -94,7 +101,15 @@ def parse_grid(method: str, items: list[str]) -> dict[str, tuple]:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    config = SweepConfig(**config_values(args, SweepConfig))
+    values = config_values(args, SweepConfig)
+    split_flags = {"val_ood": "--val-ood", "val_fraction": "--val-fraction", "seed": "--seed"}
+    given = [flag for key, flag in split_flags.items() if values.get(key) is not None]
+    if values.get("benchmark") and given:
+        raise UserError(
+            f"{', '.join(given)}: with --benchmark the benchmark's validation lists select the setting "
+            "(OpenOOD's ID and OOD val lists); drop the flag"
+        )
+    config = SweepConfig(**{k: v for k, v in values.items() if v is not None or k not in split_flags})
     config.grid = parse_grid(args.method, args.grid)
     sweep(config)
 

@@ -40,6 +40,7 @@ from .scale import SCALE
 from .she import SHE
 from .vim import ViM
 from .vra import VRA
+from .weiper import WeiPer
 
 DETECTORS: tuple[type[Detector], ...] = (
     # logit-based
@@ -70,6 +71,7 @@ DETECTORS: tuple[type[Detector], ...] = (
     NCI,
     CARef,
     CADRef,
+    WeiPer,
     LINe,
     # network-level
     ODIN,

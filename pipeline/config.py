@@ -11,6 +11,7 @@ from models import MODEL_NAMES
 from models.checkpoints import CHECKPOINT_EPOCH
 from util.data import IN_DATASETS
 from util.errors import UserError
+from util.openood import get_benchmark
 
 # The architecture each ID dataset's papers used, when neither --model-arch nor --name names one.
 DEFAULT_ARCH = {"CIFAR-10": "densenet", "CIFAR-100": "densenet", "imagenet": "resnet50"}
@@ -51,6 +52,7 @@ class RunConfig:
     """The classifier, the data and how features are extracted and cached."""
 
     in_dataset: str | None = "CIFAR-10"  # a name of IN_DATASETS, or an image folder (moved to id_root)
+    benchmark: str | None = None  # an OpenOOD v1.5 benchmark (util.openood): its image lists
     name: str | None = None  # None: the architecture (resolve_model)
     model_arch: str | None = None  # None: from --name or the in-dataset (resolve_model)
     checkpoint: str | None = None
@@ -73,6 +75,18 @@ class RunConfig:
     max_samples: int | None = None
 
     def __post_init__(self):
+        if self.benchmark is not None:
+            bench = get_benchmark(self.benchmark)
+            if self.in_dataset not in (None, bench.in_dataset):
+                raise UserError(
+                    f"--benchmark {self.benchmark} evaluates {bench.in_dataset} classifiers on its own image "
+                    f"lists; drop --in-dataset {self.in_dataset}"
+                )
+            if self.class_map is not None:
+                raise UserError(
+                    f"--benchmark {self.benchmark}: its image lists label the images; drop --class-map"
+                )
+            self.in_dataset = bench.in_dataset
         if self.in_dataset in IN_DATASETS:
             self.id_root = None  # a named dataset (also after dataclasses.replace from a folder)
         elif self.in_dataset is not None and (
@@ -91,6 +105,19 @@ class RunConfig:
                 self.in_dataset if self.id_root is None else self.id_root
             )  # a folder has no default network
             self.name, self.model_arch = resolve_model(which, self.name, self.model_arch)
+
+    @property
+    def label(self) -> str:
+        """The name the data goes by in file names (cache tags, statistics files, result folders):
+        the benchmark when the images come from an OpenOOD benchmark's lists, else the ID dataset."""
+        return self.benchmark or self.in_dataset
+
+    @property
+    def dataset_flags(self) -> str:
+        """The flag that names this run's data: ``--benchmark NAME`` or ``--in-dataset NAME``."""
+        if self.benchmark:
+            return f"--benchmark {self.benchmark}"
+        return f"--in-dataset {self.id_root or self.in_dataset}"
 
     def settings(self) -> dict:
         """The configuration as recorded in results.json (detectors apart)."""

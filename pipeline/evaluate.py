@@ -152,7 +152,7 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         runs_store.write_run(run_dir, settings)  # last: it lists the sets whose scores are saved
         if run.method in owners:
             nat, others = original_files.write_original_files(
-                config.base_dir, config.in_dataset, config.name, run.method, config.detail, scores,
+                config.base_dir, config.label, config.name, run.method, config.detail, scores,
                 id_predictions, run_dir,
             )  # fmt: skip
             print(f"{run.method}: per-image scores in the original code's format in {nat}/")
@@ -197,6 +197,7 @@ def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
                 if any(getattr(config, f) is not None for f in ("image_size", "mean", "std"))
                 else None,
                 "max_ood_samples": config.max_ood_samples,
+                "benchmark": config.benchmark,
             }.items()
             if v is not None
         },
@@ -208,7 +209,7 @@ def _run_dir(config: EvalConfig, run, key: dict) -> Path:
     readable = runs_store.readable_settings(
         detector.get_params(), detector.inert_params(), config.max_samples, config.max_ood_samples
     )
-    folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
+    folder = runs_store.method_dir(config.base_dir, config.label, run.method, config.name)
     return folder / runs_store.RUNS / runs_store.run_id(readable, key)
 
 
@@ -253,10 +254,11 @@ def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], 
     scores = runs_store.load_scores(run_dir, ["in", *ood])
     predictions = runs_store.load_id_predictions(run_dir)
     accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
-    result = report.method_result(method, scores, accuracy, ood, settings)
-    title = f"{method} on {config.in_dataset} ({config.name})"
+    groups = setup.ood_groups(config, ood)
+    result = report.method_result(method, scores, accuracy, ood, settings, groups)
+    title = f"{method} on {config.label} ({config.name})"
     plots = report.write_result(run_dir, result, config.plots, title, config.fpr_convention)
-    latest = runs_store.method_dir(config.base_dir, config.in_dataset, method, config.name)
+    latest = runs_store.method_dir(config.base_dir, config.label, method, config.name)
     runs_store.publish(run_dir, latest, ["in", *ood])
     if plots:
         print(
@@ -269,11 +271,16 @@ def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], 
 def _print_tables(config: EvalConfig, results: list, names: list[str], fits: dict) -> None:
     if not results:
         return
-    if len(results) == 1:
-        print(report.single_table(results[0], config.in_dataset, config.name, config.fpr_convention))
+    if results[0].groups:  # an OpenOOD benchmark: each set, the near and far averages, both conventions
+        for r in results:
+            print(report.benchmark_table(r, config.label, config.name))
+        if len(results) > 1:
+            print(report.benchmark_summary(results, config.label, config.name))
+    elif len(results) == 1:
+        print(report.single_table(results[0], config.label, config.name, config.fpr_convention))
     else:
         names = [n for n in names if all(n in r.ood for r in results)]
-        print(report.methods_table(results, names, config.in_dataset, config.name, config.fpr_convention))
+        print(report.methods_table(results, names, config.label, config.name, config.fpr_convention))
     for line in report.training_notes(fits, config.max_samples):
         print(line)
 
@@ -287,7 +294,7 @@ def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
         readable = runs_store.readable_settings(
             detector.get_params(), detector.inert_params(), config.max_samples, config.max_ood_samples
         )
-        folder = runs_store.method_dir(config.base_dir, config.in_dataset, run.method, config.name)
+        folder = runs_store.method_dir(config.base_dir, config.label, run.method, config.name)
         wanted = json.loads(json.dumps({k: getattr(config, k) for k in SAVED_RUN_FIELDS}))
         params = json.loads(json.dumps(detector.get_params()))
         candidates = []

@@ -16,6 +16,7 @@ from detectors.base import Param
 from models import MODEL_NAMES, check_arch
 from models.checkpoints import CHECKPOINT_EPOCH
 from util.argtypes import (
+    name_arg,
     name_or_folder_arg,
     nonnegative_int,
     positive_int,
@@ -24,6 +25,7 @@ from util.argtypes import (
 )
 from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
 from util.errors import UserError
+from util.openood import BENCHMARKS
 
 from .config import DetectorRun
 
@@ -43,10 +45,20 @@ def add_run_args(
     parser: argparse.ArgumentParser, in_dataset_flags=("--in-dataset",), in_dataset_default="CIFAR-10"
 ) -> None:
     """The classifier, the data and the extraction: the same flags in every script."""
+    parser.set_defaults(script_in_dataset=in_dataset_default)
+    parser.add_argument(
+        "--benchmark",
+        default=None,
+        type=name_arg(sorted(BENCHMARKS), "benchmark"),
+        help="an OpenOOD v1.5 benchmark: its image lists under --data-root (benchmark_imglist/, "
+        "images_classic/, images_largescale/): ID train/test, near- and far-OOD test sets, validation lists "
+        "for sweep.py; "
+        f"{', '.join(BENCHMARKS)} (default: none)",
+    )
     parser.add_argument(
         *in_dataset_flags,
         dest="in_dataset",
-        default=in_dataset_default,
+        default=None,
         type=name_or_folder_arg(sorted(IN_DATASETS), "dataset"),
         metavar="{" + ",".join(sorted(IN_DATASETS)) + "} or FOLDER",
         help="in-distribution dataset: a name, or an image folder holding train/<class>/* and test/<class>/* "
@@ -274,6 +286,9 @@ def config_values(args: argparse.Namespace, config_class) -> dict:
     """The fields of ``config_class`` that the parsed flags hold (``--no-progress`` -> progress,
     ``--gpu N`` -> device); flags of the originals that have no effect here are named once."""
     values = dict(vars(args))
+    default = values.pop("script_in_dataset", None)
+    if values.get("in_dataset") is None and not values.get("benchmark"):
+        values["in_dataset"] = default  # with --benchmark, the benchmark's ID dataset
     values["progress"] = not values.pop("no_progress", False)
     _device_of_gpu(values)
     _note_ignored(values)

@@ -65,9 +65,7 @@ def precompute(config: PrecomputeConfig) -> None:
     ensure_writable_dir(config.cache_dir, "cache directory")
     model, model_key, checkpoint = setup.load_classifier(config)
     train = setup.train_set(config, setup.transform(config))
-    print(
-        f"{config.in_dataset} training set: {len(train)} images; weights {setup.weights_source(checkpoint)}"
-    )
+    print(f"{config.label} training set: {len(train)} images; weights {setup.weights_source(checkpoint)}")
 
     extractor = setup.make_extractor(config, model, model_key)
     fs = extractor.extract(train, setup.tag(config, "train"))
@@ -100,7 +98,7 @@ def precompute(config: PrecomputeConfig) -> None:
 
     provenance = {
         "code_version": code_version(),
-        "in_dataset": config.in_dataset,
+        "in_dataset": config.label,
         "name": config.name,
         "model_arch": config.model_arch,
         "checkpoint": setup.weights_source(checkpoint),
@@ -116,8 +114,8 @@ def precompute(config: PrecomputeConfig) -> None:
         "empty_class_contributions": "h_mean * W[y]" if len(empty) else None,
         "feature_cache": str(fs.path),
     }
-    contrib_file = contributions_path(config.cache_dir, config.in_dataset, config.name, config.method)
-    stat_file = feat_stat_path(config.cache_dir, config.in_dataset, config.name)
+    contrib_file = contributions_path(config.cache_dir, config.label, config.name, config.method)
+    stat_file = feat_stat_path(config.cache_dir, config.label, config.name)
     atomic_save_npy(contrib_file, contrib.T.astype(np.float32))
     atomic_save_npy(stat_file, mean)
     for path, kind in ((contrib_file, "contributions"), (stat_file, "feat_stat")):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,20 @@ class MethodResult:
     average: dict[str, float]
     settings: dict
     scores: dict[str, np.ndarray]
+    # OpenOOD benchmarks: group name (near, far) -> its OOD sets, and the metrics averaged over them
+    group_sets: dict[str, list[str]] = field(default_factory=dict)
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_json(self) -> dict:
-        return {
+        out = {
             "id_accuracy": self.id_accuracy,
             "ood": self.ood,
             "average": self.average,
             "settings": self.settings,
         }
+        if self.groups:
+            out["groups"] = {g: {"sets": self.group_sets[g], **m} for g, m in self.groups.items()}
+        return out
 
 
 def check_scores(scores: dict) -> None:
@@ -131,8 +137,66 @@ def methods_table(
     return "\n".join(lines)
 
 
-def method_result(method: str, scores: dict, accuracy: float, names: list[str], settings: dict):
-    """Metrics of every OOD set ``names``, their average, and the ID accuracy of the method's logits."""
+def method_result(
+    method: str, scores: dict, accuracy: float, names: list[str], settings: dict, groups: dict | None = None
+):
+    """Metrics of every OOD set ``names``, their average, and the ID accuracy of the method's logits;
+    with ``groups`` (OpenOOD's near / far sets) also the average over each group's sets."""
     per_set = {n: set_metrics(scores, n) for n in names}
     settings = {**settings, "metric_conventions": METRIC_CONVENTIONS}
-    return MethodResult(method, accuracy, per_set, average_metrics(per_set), settings, scores)
+    group_sets = {g: list(members) for g, members in (groups or {}).items()}
+    averages = {g: average_metrics({n: per_set[n] for n in members}) for g, members in group_sets.items()}
+    return MethodResult(
+        method, accuracy, per_set, average_metrics(per_set), settings, scores, group_sets, averages
+    )
+
+
+BOTH_FPR = (
+    "FPR95 (ID+): OOD images above the threshold keeping 95% of ID (DICE/LINe papers); "
+    "FPR95 (OOD+): ID images flagged when 95% of OOD is (OpenOOD v1.5); AUROC; AUIN (ID positive); percent"
+)
+
+
+def benchmark_table(result: MethodResult, label: str, name: str) -> str:
+    """One method on an OpenOOD benchmark: every OOD set, then each group's average (near, far),
+    in both FPR95 conventions, labelled."""
+    width = max(len("near AVG"), *(len(n) for n in result.ood)) + 2
+    lines = [
+        f"{result.method} on {label} ({name}), {describe(result.settings['detector'])}",
+        BOTH_FPR,
+        f"{'group':<7}{'OOD set':<{width}}{'FPR95 (ID+)':>13}{'FPR95 (OOD+)':>14}{'AUROC':>9}{'AUIN':>9}",
+    ]
+
+    def row(group: str, set_name: str, m: dict) -> str:
+        return (
+            f"{group:<7}{set_name:<{width}}{100 * m['FPR95']:>13.2f}{100 * m['FPR95_OOD_POSITIVE']:>14.2f}"
+            f"{100 * m['AUROC']:>9.2f}{100 * m['AUPR_IN']:>9.2f}"
+        )
+
+    for group, members in result.group_sets.items():
+        lines += [row(group, n, result.ood[n]) for n in members]
+        lines.append(row(group, f"{group} AVG", result.groups[group]))
+    lines.append(f"ID accuracy ({result.method} logits): {100 * result.id_accuracy:.2f}%")
+    return "\n".join(lines)
+
+
+def benchmark_summary(results: list[MethodResult], label: str, name: str) -> str:
+    """Several methods on an OpenOOD benchmark: the near and far averages, one row each."""
+    groups = results[0].group_sets
+    width = max(len("method"), *(len(r.method) for r in results)) + 2
+    lines = [
+        f"{len(results)} methods on {label} ({name}), one feature extraction: group averages "
+        f"({'; '.join(f'{g}: ' + ', '.join(sets) for g, sets in groups.items())})",
+        BOTH_FPR,
+        f"{'':<{width}}" + "".join(f"{g + ' AVG':>27}" for g in groups) + f"{'ID':>8}",
+        f"{'method':<{width}}"
+        + f"{'FPR(ID+)':>9}{'FPR(OOD+)':>10}{'AUROC':>8}" * len(groups)
+        + f"{'acc':>8}",
+    ]
+    for r in results:
+        cells = "".join(
+            f"{100 * m['FPR95']:>9.2f}{100 * m['FPR95_OOD_POSITIVE']:>10.2f}{100 * m['AUROC']:>8.2f}"
+            for m in (r.groups[g] for g in groups)
+        )
+        lines.append(f"{r.method:<{width}}{cells}{100 * r.id_accuracy:>8.2f}")
+    return "\n".join(lines)

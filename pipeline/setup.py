@@ -26,6 +26,7 @@ from util.data import (
 from util.errors import UserError
 from util.features import FeatureExtractor
 from util.io import sha256_file
+from util.openood import get_benchmark, list_dataset
 
 from .config import RunConfig
 
@@ -33,6 +34,11 @@ from .config import RunConfig
 def num_classes(config: RunConfig) -> int:
     """The classifier's outputs: what the in-dataset implies (CIFAR-10: 10, ImageNet: 1000; an image
     folder: its classes, or the class map's largest index + 1), or --num-classes where it does not."""
+    if config.benchmark is not None:
+        implied = get_benchmark(config.benchmark).num_classes
+        if config.num_classes not in (None, implied):
+            raise UserError(f"--num-classes {config.num_classes}: {config.benchmark} has {implied} classes")
+        return implied
     if config.id_root is None:
         implied = IN_DATASETS[config.in_dataset]
         if config.num_classes not in (None, implied):
@@ -100,6 +106,7 @@ def statistics_inputs(config: RunConfig) -> dict:
         "class_map_sha256": sha256_file(config.class_map) if config.class_map else None,
         "input": repr(input_spec(config)),
         "head": config.head,
+        "benchmark": config.benchmark,
     }
 
 
@@ -155,13 +162,20 @@ def make_extractor(config: RunConfig, model, model_key: dict) -> FeatureExtracto
 
 
 def tag(config: RunConfig, set_name: str) -> str:
-    """Cache tag of a set: ``{in_dataset}_{name}_{train|test|<OOD set>}``."""
-    return f"{config.in_dataset}_{config.name}_{set_name}"
+    """Cache tag of a set: ``{in_dataset or benchmark}_{name}_{train|test|<OOD set>}``."""
+    return f"{config.label}_{config.name}_{set_name}"
 
 
 def train_set(config: RunConfig, tf):
     """The ID training set; with ``max_samples``, its fixed class-balanced subset of that many images
-    (``balanced_subset``), the same in precompute.py, ood_eval.py and sweep.py."""
+    (``balanced_subset``), the same in precompute.py, ood_eval.py and sweep.py. With --benchmark, the
+    benchmark's ID training list."""
+    if config.benchmark is not None:
+        bench = get_benchmark(config.benchmark)
+        train = list_dataset(config.data_root, bench, "train", bench.id_set, tf, labelled=True)
+        return (
+            balanced_subset(train, config.max_samples, num_classes(config)) if config.max_samples else train
+        )
     train = id_dataset(
         config.in_dataset, "train", config.data_root, tf, id_root=config.id_root, class_map=config.class_map
     )
@@ -177,7 +191,9 @@ def test_sets(
     (``ood_set_names``), each limited to ``max_samples`` images spread over the set (the OOD sets
     also to ``max_ood_samples``). With
     ``ood=False`` (--in-dist-only) only the ID set is built, and the OOD names are those requested
-    or found, none required."""
+    or found, none required. With --benchmark, the benchmark's lists (``benchmark_sets``)."""
+    if config.benchmark is not None:
+        return benchmark_sets(config, tf, requested, ood=ood)
     in_test = id_dataset(
         config.in_dataset, "test", config.data_root, tf, id_root=config.id_root, class_map=config.class_map
     )
@@ -190,6 +206,52 @@ def test_sets(
         limits = [n for n in (config.max_samples, getattr(config, "max_ood_samples", None)) if n]
         sets[name] = spread_subset(ood_dataset(name, config.data_root, tf), min(limits, default=None))
     return sets, names
+
+
+def benchmark_sets(config: RunConfig, tf, requested: list[str] | None, ood: bool = True, val: bool = False):
+    """(sets, OOD names) of an OpenOOD benchmark: the ID test list (key ``in``) and its near- and
+    far-OOD test lists (all of them, or those ``requested``), in OpenOOD's order; with ``val`` also
+    the validation lists, ID (key ``in_val``) and OOD (key ``val_<set>``). ``max_samples`` and
+    ``max_ood_samples`` limit each set as elsewhere."""
+    bench = get_benchmark(config.benchmark)
+    unknown = [n for n in requested or () if n not in bench.test_sets]
+    if unknown:
+        raise UserError(
+            f"--out-datasets {' '.join(unknown)}: {bench.name} has the OOD sets "
+            f"{', '.join(bench.test_sets)} (near: {', '.join(bench.near)}; far: {', '.join(bench.far)})"
+        )
+    names = [n for n in bench.test_sets if not requested or n in requested]
+    root = config.data_root
+    sets = {
+        "in": spread_subset(list_dataset(root, bench, "test", bench.id_set, tf, True), config.max_samples)
+    }
+    if val:
+        sets["in_val"] = spread_subset(
+            list_dataset(root, bench, "val", bench.id_set, tf, True), config.max_samples
+        )
+    if not ood:
+        return sets, names
+    limits = [n for n in (config.max_samples, getattr(config, "max_ood_samples", None)) if n]
+    limit = min(limits, default=None)
+    if val:
+        sets[f"val_{bench.val_ood}"] = spread_subset(
+            list_dataset(root, bench, "val", bench.val_ood, tf, False), limit
+        )
+    for name in names:
+        sets[name] = spread_subset(list_dataset(root, bench, "test", name, tf, False), limit)
+    return sets, names
+
+
+def ood_groups(config: RunConfig, names: list[str]) -> dict[str, list[str]]:
+    """The OpenOOD groups (near, far) of the OOD sets ``names``; empty without --benchmark."""
+    if config.benchmark is None:
+        return {}
+    groups = get_benchmark(config.benchmark).groups
+    return {
+        g: [n for n in names if n in members]
+        for g, members in groups.items()
+        if any(n in members for n in names)
+    }
 
 
 def set_tag(config: RunConfig, key: str) -> str:

@@ -20,6 +20,7 @@ from models.heads import last_batchnorm
 from util.errors import UserError
 from util.features import CACHE_VERSION
 from util.io import sha256_file
+from util.openood import BENCHMARKS
 
 from . import setup
 
@@ -125,8 +126,9 @@ def check_provenance(
         advice = f"pass a {flag} file made for this checkpoint, or rerun precompute.py for it"
     else:
         dataset = (inputs or {}).get("id_root") or in_dataset
+        which = f"--benchmark {dataset}" if dataset in BENCHMARKS else f"--in-dataset {dataset}"
         advice = (
-            f"rerun `python precompute.py --in-dataset {dataset}` with this --checkpoint (and this run's "
+            f"rerun `python precompute.py {which}` with this --checkpoint (and this run's "
             f"--class-map, --image-size, ... where given) and --cache-dir {path.parent} to recompute it"
         )
     given = f" (given with {flag})" if flag else ""
@@ -187,7 +189,7 @@ class TrainingStatistics:
 
     def _record(self, key: str, path: Path, flag: str | None) -> None:
         inputs = setup.statistics_inputs(self.config)
-        record = check_provenance(path, self.model_key, self.config.in_dataset, flag, inputs)
+        record = check_provenance(path, self.model_key, self.config.label, flag, inputs)
         self.files[key] = {"path": str(path), "sha256": sha256_file(path), "record": record}
 
     def _load_mean_feature(self) -> np.ndarray:
@@ -197,12 +199,12 @@ class TrainingStatistics:
             if not path.is_file():
                 raise UserError(f"DICE feature statistics {path} (given with --feat-stat) not found")
         else:
-            candidates = [feat_stat_path(c.cache_dir, c.in_dataset, n) for n in (c.name, c.model_arch)]
+            candidates = [feat_stat_path(c.cache_dir, c.label, n) for n in (c.name, c.model_arch)]
             path = next((p for p in candidates if p.is_file()), None)
             if path is None:  # by --name, else by --model-arch (the DICE code's naming)
                 raise UserError(
                     f"DICE feature statistics {candidates[0]} not found: run `python precompute.py "
-                    f"--in-dataset {c.in_dataset}` with the same --cache-dir, or pass --feat-stat"
+                    f"{c.dataset_flags}` with the same --cache-dir, or pass --feat-stat"
                 )
         self._record("mean_feature", path, "--feat-stat" if c.feat_stat else None)
         return load_feat_stat(path, self.feature_dim)
@@ -216,14 +218,13 @@ class TrainingStatistics:
                 raise UserError(f"LINe contributions {path} (given with --contrib) not found")
         else:  # by --name, else by --model-arch (the LINe code's naming: model_arch = name)
             candidates = [
-                contributions_path(c.cache_dir, c.in_dataset, n, detail=detail)
-                for n in (c.name, c.model_arch)
+                contributions_path(c.cache_dir, c.label, n, detail=detail) for n in (c.name, c.model_arch)
             ]
             path = next((p for p in candidates if p.is_file()), None)
             if path is None:
                 raise UserError(
                     f"LINe contributions {candidates[0]} not found: run `python precompute.py "
-                    f"--in-dataset {c.in_dataset}` with the same --cache-dir first"
+                    f"{c.dataset_flags}` with the same --cache-dir first"
                 )
         self._record("contributions", path, "--contrib" if c.contrib else None)
         return load_contributions(path, self.num_classes, self.feature_dim)

@@ -24,7 +24,8 @@ from detectors.base import score_features
 from util.data import paper_setting
 from util.errors import UserError
 from util.io import atomic_write_json
-from util.metrics import auroc, fpr_at_95_tpr
+from util.metrics import auroc, fpr_at_95_tpr, ood_metrics
+from util.openood import get_benchmark
 from util.runtime import ensure_writable_dir
 
 from . import setup
@@ -61,9 +62,18 @@ def sweep(config: SweepConfig) -> dict:
         raise UserError(f"--val-fraction {config.val_fraction} must be between 0 and 1")
     ensure_writable_dir(config.cache_dir, "cache directory")
     tf = setup.transform(config)
-    datasets, test_names = setup.test_sets(config, tf, config.out_datasets, extra=(config.val_ood,))
-    if config.val_ood in test_names:
-        raise UserError(f"the validation OOD set {config.val_ood!r} is also a test OOD set; pick another")
+    if config.benchmark:  # OpenOOD's automatic parameter search: its ID and OOD validation lists
+        bench = get_benchmark(config.benchmark)
+        datasets, test_names = setup.benchmark_sets(config, tf, config.out_datasets, val=True)
+        val_ood = f"val_{bench.val_ood}"
+        selection = f"best AUROC of ID val_{bench.id_set} against OOD {val_ood} (OpenOOD v1.5's search)"
+    else:
+        datasets, test_names = setup.test_sets(config, tf, config.out_datasets, extra=(config.val_ood,))
+        if config.val_ood in test_names:
+            raise UserError(f"the validation OOD set {config.val_ood!r} is also a test OOD set; pick another")
+        val_ood = config.val_ood
+        selection = f"lowest FPR95 (then highest AUROC) of the ID validation share against {val_ood}"
+    groups = setup.ood_groups(config, test_names)
     model, model_key, _ = setup.load_classifier(config)
     fc = model.get_classifier()
     extractor = setup.make_extractor(config, model, model_key)
@@ -96,10 +106,15 @@ def sweep(config: SweepConfig) -> dict:
     else:
         forward_note = f"{extractor.images_forwarded} images forwarded (now cached)"
     val_idx = test_idx = None  # split once the ID scores exist: unreadable images are not scored
+    validation = (
+        f"ID validation list val_{get_benchmark(config.benchmark).id_set}"
+        if config.benchmark
+        else f"ID validation share {config.val_fraction:g} (seed {config.seed})"
+    )
     print(
         f"{config.method}: {len(settings)} settings of {', '.join(space) or '(no parameter)'}; "
-        f"features ready in {extracted - start:.1f} s ({forward_note}); ID validation share "
-        f"{config.val_fraction:g} (seed {config.seed}); validation OOD: {config.val_ood}"
+        f"features ready in {extracted - start:.1f} s ({forward_note}); {validation}; "
+        f"validation OOD: {val_ood}"
     )
 
     rows, last = [], base
@@ -118,22 +133,35 @@ def sweep(config: SweepConfig) -> dict:
             last = detector
             scores, _ = score_features(detector, stacked)
             part = {k: scores[bounds[k] : bounds[k] + len(features[k])] for k in keys}
-        if val_idx is None:
-            val_idx, test_idx = split_indices(len(part["in"]), config.val_fraction, config.seed)
-        id_val, id_test = part["in"][val_idx], part["in"][test_idx]
-        test = {s: (fpr_at_95_tpr(id_test, part[s]), auroc(id_test, part[s])) for s in test_names}
-        rows.append(
-            {
-                **setting,
-                "val_FPR95": fpr_at_95_tpr(id_val, part[config.val_ood]),
-                "val_AUROC": auroc(id_val, part[config.val_ood]),
-                "test": {s: {"FPR95": f, "AUROC": a} for s, (f, a) in test.items()},
-                "test_FPR95": float(np.mean([f for f, _ in test.values()])),
-                "test_AUROC": float(np.mean([a for _, a in test.values()])),
+        if config.benchmark:
+            id_val, id_test = part["in_val"], part["in"]
+        else:
+            if val_idx is None:
+                val_idx, test_idx = split_indices(len(part["in"]), config.val_fraction, config.seed)
+            id_val, id_test = part["in"][val_idx], part["in"][test_idx]
+        test = {s: ood_metrics(id_test, part[s], with_ood_positive=True) for s in test_names}
+        row = {
+            **setting,
+            "val_FPR95": fpr_at_95_tpr(id_val, part[val_ood]),
+            "val_AUROC": auroc(id_val, part[val_ood]),
+            "test": {s: {k: m[k] for k in ("FPR95", "FPR95_OOD_POSITIVE", "AUROC")} for s, m in test.items()},
+            "test_FPR95": float(np.mean([m["FPR95"] for m in test.values()])),
+            "test_AUROC": float(np.mean([m["AUROC"] for m in test.values()])),
+        }
+        if groups:
+            row["groups"] = {
+                g: {
+                    k: float(np.mean([row["test"][s][k] for s in sets]))
+                    for k in ("FPR95", "FPR95_OOD_POSITIVE", "AUROC")
+                }
+                for g, sets in groups.items()
             }
-        )
+        rows.append(row)
     swept = time.time()
-    best = min(rows, key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
+    if config.benchmark:
+        best = max(rows, key=lambda r: (r["val_AUROC"], -r["val_FPR95"]))
+    else:
+        best = min(rows, key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
     axes = list(space)
     head = "".join(f"{a:>16}" for a in axes)
     print(
@@ -150,20 +178,27 @@ def sweep(config: SweepConfig) -> dict:
     chosen = ", ".join(f"{a}={best[a]}" for a in axes) or "the defaults"
     print(
         f"{len(rows)} settings scored in {swept - extracted:.1f} s; "
-        f"selected on {config.val_ood}: {chosen} -> "
+        f"selected by {selection}: {chosen} -> "
         f"test FPR95 {100 * best['test_FPR95']:.2f}, AUROC {100 * best['test_AUROC']:.2f}"
     )
-    out_dir = method_dir(config.base_dir, config.in_dataset, f"{base.run_name()}_sweep", config.name)
+    for g, m in best.get("groups", {}).items():
+        print(
+            f"  {g} AVG ({', '.join(groups[g])}): FPR95 (ID+) {100 * m['FPR95']:.2f}, FPR95 (OOD+) "
+            f"{100 * m['FPR95_OOD_POSITIVE']:.2f}, AUROC {100 * m['AUROC']:.2f}"
+        )
+    out_dir = method_dir(config.base_dir, config.label, f"{base.run_name()}_sweep", config.name)
     summary = {
         "method": base.run_name(),
         "defaults": base.get_params(),
         "grid": {a: list(v) for a, v in space.items()},
         "selected": best,
         "rows": rows,
-        "val_ood": config.val_ood,
-        "val_fraction": config.val_fraction,
-        "val_images": len(val_idx),
-        "seed": config.seed,
+        "selection": selection,
+        "val_ood": val_ood,
+        "val_fraction": None if config.benchmark else config.val_fraction,
+        "val_images": len(part["in_val"]) if config.benchmark else len(val_idx),
+        "seed": None if config.benchmark else config.seed,
+        "groups": groups,
         "test_sets": test_names,
         "images_forwarded": extractor.images_forwarded,
         "settings": config.settings(),
@@ -179,7 +214,7 @@ def sweep(config: SweepConfig) -> dict:
         heatmap = plot_sweep_heatmap(
             cells,
             out_dir / f"heatmap{suffix}.png",
-            title=f"{base.run_name()} on {config.in_dataset}: average test FPR95"
+            title=f"{base.run_name()} on {config.label}: average test FPR95"
             + (f" at {', '.join(f'{a}={v:g}' for a, v in others.items())}" if others else ""),
             rows_key=y,
             cols_key=x,
