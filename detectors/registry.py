@@ -34,6 +34,7 @@ from .neco import NECO
 from .nnguide import NNGuide
 from .odin import ODIN
 from .optfs import OptFS
+from .rankfeat import RankFeat
 from .react import ReAct
 from .rmds import RelativeMahalanobis
 from .scale import SCALE
@@ -75,6 +76,7 @@ DETECTORS: tuple[type[Detector], ...] = (
     LINe,
     # network-level
     ODIN,
+    RankFeat,
 )
 
 
@@ -129,6 +131,15 @@ def order_key(method: str) -> int:
 def paper_of(method: str) -> str:
     """The citation of a results name (a variant cites its detector's paper)."""
     return next((cls.paper for cls in DETECTORS if method in cls.run_names()), "")
+
+
+FAMILIES = {"logit": "logit-based", "feature": "feature-based", "network": "network-level"}
+
+
+def family_of(method: str) -> str:
+    """The group of a results name in tables: ``logit``, ``feature`` or ``network`` (a variant is its
+    detector's; an unknown name ``feature``)."""
+    return next((cls.family for cls in DETECTORS if method in cls.run_names()), "feature")
 
 
 def all_params() -> list[tuple[Param, list[str]]]:

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from detectors.line import line_parts  # noqa: E402
-from detectors.registry import order_key, paper_of  # noqa: E402
+from detectors.registry import FAMILIES, family_of, order_key, paper_of  # noqa: E402
 from util.errors import UserError  # noqa: E402
 from util.io import atomic_write_text  # noqa: E402
 from util.runtime import run_cli  # noqa: E402
@@ -56,8 +56,10 @@ def load_results(base_dir: Path, in_dataset: str, name: str) -> dict[str, dict]:
 
 
 def method_order(methods) -> list[str]:
-    """The registry's order (LINe's ablations by how many parts they keep)."""
-    return sorted(methods, key=lambda m: (order_key(m), m))
+    """Grouped logit-based, feature-based, network-level; within a group the registry's order
+    (LINe's ablations by how many parts they keep)."""
+    groups = list(FAMILIES)
+    return sorted(methods, key=lambda m: (groups.index(family_of(m)), order_key(m), m))
 
 
 def pct(x: float) -> str:
@@ -69,7 +71,11 @@ def main_table(results: dict[str, dict], sets: list[str]) -> list[str]:
     head += ["AVG FPR95 (OOD+)", "ID acc."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = min(r["average"]["FPR95"] for r in results.values())
+    family = None
     for method in method_order(results):
+        if family_of(method) != family:  # a heading row per group: logit-based, feature-based, network
+            family = family_of(method)
+            lines.append(f"| **{FAMILIES[family]}** |" + " |" * (len(head) - 1))
         r = results[method]
         cells = [f"`{method}`"]
         cells += [
