@@ -1,14 +1,25 @@
-"""BATS: batch-normalisation assisted typical set (Zhu et al., "Boosting
-Out-of-distribution Detection with Typical Features", NeurIPS 2022).
+"""BATS: batch-normalisation assisted typical set (Zhu et al., "Boosting Out-of-distribution
+Detection with Typical Features", NeurIPS 2022).
 
-A BatchNorm layer's output for ID data is (approximately) Gaussian per channel with mean beta and
-standard deviation |gamma|, its affine bias and weight. BATS truncates each feature to that
-layer's typical set, h'_j = min(max(h_j, beta_j - lambda |gamma_j|), beta_j + lambda |gamma_j|),
-and scores h' with Energy: logsumexp(W h' + b). beta and gamma are read from the model: its last
-BatchNorm layer with D channels (DenseNet-101's final ``bn1``, ResNet-50's last ``bn3``), and the
-truncation is applied to the penultimate features, as the authors' released code truncates the
-features before the head. Defaults lambda = 3.25 on CIFAR and 1.05 on ImageNet (the authors' code).
-Neither OpenOOD v1.5 nor pytorch-ood 0.4 ships BATS.
+The paper's idea: a BatchNorm layer's output for ID data is (approximately) Gaussian per channel
+with mean beta and standard deviation |gamma| (its affine bias and weight), so features are
+truncated to that typical set, h'_j = min(max(h_j, m_j - lambda s_j), m_j + lambda s_j), and the
+truncated features are scored with Energy: logsumexp(W h' + b).
+
+Where (m, s) come from, ``statistics``:
+
+- ``"batchnorm"`` (default): m = beta, s = |gamma| of the model's last BatchNorm layer with D
+  channels (DenseNet-101's final ``bn1``, ResNet-50's last ``bn3``), applied to the penultimate
+  features. This is an adaptation: the paper truncates the BatchNorm's output map itself, inside
+  the network, while the penultimate features come after the ReLU (and, in ResNets, the residual
+  add) and the global pooling; on post-ReLU features the lower bound is often below 0 and inactive.
+- ``"features"``: m and s are the per-dimension mean and standard deviation of the ID training
+  penultimate features. This is what the authors' released code (alibaba/easyrobust,
+  examples/ood_detection/BATS) does: it truncates the features before the head with a stored
+  feature mean and std.
+
+Defaults lambda = 3.25 on CIFAR (the released code's CIFAR ResNet-18) and 1.05 on ImageNet (its
+ViT-B/16-384). Neither OpenOOD v1.5 nor pytorch-ood 0.4 ships BATS.
 """
 
 from __future__ import annotations
@@ -16,9 +27,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.argtypes import positive_float
+from util.argtypes import name_arg, positive_float
+from util.io import row_blocks
 
 from .base import Detector, Param
+
+SOURCES = ("batchnorm", "features")
 
 
 class BATS(Detector):
@@ -28,32 +42,59 @@ class BATS(Detector):
         Param(
             "lam",
             ("--bats-lambda",),
-            "BATS: truncate to the last BatchNorm's beta +- lambda |gamma| "
-            "(default 3.25 on CIFAR, 1.05 on ImageNet)",
+            "BATS: truncate to mean +- lambda std (default 3.25 on CIFAR, 1.05 on ImageNet)",
             positive_float,
+        ),
+        Param(
+            "statistics",
+            ("--bats-statistics",),
+            "BATS: mean and std from the model's last BatchNorm ('batchnorm', default) or from the ID "
+            "training features ('features', the authors' released code)",
+            name_arg(SOURCES, "BATS statistics"),
         ),
     )
     defaults = {"CIFAR-10": {"lam": 3.25}, "CIFAR-100": {"lam": 3.25}, "imagenet": {"lam": 1.05}}
-    fit_params = ()
+    fit_params = ("statistics",)
 
-    def __init__(self, lam: float = 1.05):
+    def __init__(self, lam: float = 1.05, statistics: str = "batchnorm"):
+        if statistics not in SOURCES:
+            raise ValueError(f"BATS statistics must be one of {', '.join(SOURCES)}, got {statistics!r}")
         self.lam = float(lam)
+        self.statistics = statistics
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"lam": (0.5, 1.0, 1.05, 1.5, 2.0, 3.0, 3.25, 4.0, 5.0)}
 
-    def fit(self, fc, batchnorm) -> BATS:
-        """``batchnorm``: (beta, gamma), the affine bias and weight of the model's last BatchNorm
-        layer with D channels."""
+    def needs(self) -> tuple[str, ...]:
+        return ("batchnorm",) if self.statistics == "batchnorm" else ("train_features",)
+
+    def fit(self, fc, batchnorm=None, train_features=None, chunk: int = 8192) -> BATS:
+        """``batchnorm``: (beta, gamma) of the model's last BatchNorm layer with D channels; or
+        ``train_features`` with ``statistics="features"``."""
         super().fit(fc)
-        beta, gamma = (np.asarray(v, dtype=np.float64).reshape(-1) for v in batchnorm)
-        if beta.shape != (self.fc_.in_features,) or gamma.shape != beta.shape:
+        if self.statistics == "batchnorm":
+            if batchnorm is None:
+                raise ValueError("BATS with statistics='batchnorm' needs the model's BatchNorm (beta, gamma)")
+            centre, gamma = (np.asarray(v, dtype=np.float64).reshape(-1) for v in batchnorm)
+            spread = np.abs(gamma)
+        else:
+            if train_features is None:
+                raise ValueError("BATS with statistics='features' needs the ID training features")
+            n, d = train_features.shape
+            total, squares = np.zeros(d), np.zeros(d)
+            for block in row_blocks(train_features, chunk):
+                total += block.astype(np.float64).sum(axis=0)
+            centre = total / n
+            for block in row_blocks(train_features, chunk):
+                squares += ((block.astype(np.float64) - centre) ** 2).sum(axis=0)
+            spread = np.sqrt(squares / n)
+        if centre.shape != (self.fc_.in_features,) or spread.shape != centre.shape:
             raise ValueError(
-                f"BATS needs a BatchNorm of {self.fc_.in_features} channels; got {beta.shape[0]} channels"
+                f"BATS needs statistics of {self.fc_.in_features} channels; got {centre.shape[0]} channels"
             )
-        self.centre_ = torch.from_numpy(beta).float()
-        self.spread_ = torch.from_numpy(np.abs(gamma)).float()
+        self.centre_ = torch.from_numpy(centre).float()
+        self.spread_ = torch.from_numpy(spread).float()
         return self
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,9 @@ feature (the paper's regulariser; ``normalizer="norm"`` divides by ||h|| instead
 OpenOOD v1.5 sweeps).
 
 OpenOOD v1.5's ``fdbd`` postprocessor sums over all C classes (the predicted one adds 0) instead
-of averaging over C - 1: its scores are ours times the constant C - 1, per image. Not in
-pytorch-ood 0.4. Weight-row distances are computed in float64.
+of averaging over C - 1: its scores are ours times the constant C - 1, per image. pytorch-ood
+0.4's ``fDBD`` averages over C - 1 as here (negated; 3e-7 relative on the cached CIFAR-10
+features, ``benchmarks/compare_pytorch_ood.py``). Weight-row distances are computed in float64.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ authors do for their vision transformers (not for ResNets).
 The authors' code (sklearn StandardScaler + PCA, centred by the PCA mean of the standardised
 training features, which is 0 up to rounding) gives the same per-image scores. Default ``dim``:
 the paper tunes it per model and gives no rule; C - 1, the dimension of the simplex ETF of the C
-class means that neural collapse predicts, is used here (``None``). Covariance and
+class means that neural collapse predicts, is used here (``None``; at most D). Covariance and
 eigendecomposition in float64. Neither OpenOOD v1.5 nor pytorch-ood 0.4 ships NECO.
 """
 
@@ -78,7 +78,7 @@ class NECO(Detector):
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.logits(h)
-        dim = z.shape[1] - 1 if self.dim is None else int(self.dim)
+        dim = min(z.shape[1] - 1, h.shape[1]) if self.dim is None else int(self.dim)
         if not 1 <= dim <= h.shape[1]:
             raise ValueError(f"NECO dim must be in [1, {h.shape[1]}], got {dim}")
         x = (h.double() - self.mean_) / self.std_

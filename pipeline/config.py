@@ -11,7 +11,7 @@ from models import MODEL_NAMES
 from models.checkpoints import CHECKPOINT_EPOCH
 from util.data import IN_DATASETS
 from util.errors import UserError
-from util.openood import get_benchmark
+from util.openood import BENCHMARKS, get_benchmark
 
 # The architecture each ID dataset's papers used, when neither --model-arch nor --name names one.
 DEFAULT_ARCH = {"CIFAR-10": "densenet", "CIFAR-100": "densenet", "imagenet": "resnet50"}
@@ -44,7 +44,7 @@ def dataset_label(in_dataset: str) -> str:
     if in_dataset in IN_DATASETS:
         return in_dataset
     name = Path(os.path.abspath(in_dataset)).name
-    return f"{name}-folder" if name in IN_DATASETS else name
+    return f"{name}-folder" if name in IN_DATASETS or name in BENCHMARKS else name
 
 
 @dataclass
@@ -87,6 +87,12 @@ class RunConfig:
                     f"--benchmark {self.benchmark}: its image lists label the images; drop --class-map"
                 )
             self.in_dataset = bench.in_dataset
+            if bench.num_classes != IN_DATASETS[bench.in_dataset] and self.checkpoint is None:
+                raise UserError(
+                    f"--benchmark {self.benchmark} needs a {bench.num_classes}-class classifier: pass its "
+                    "--checkpoint (and --model-arch), e.g. OpenOOD v1.5's ImageNet-200 ResNet-18; the"
+                    f" default {bench.in_dataset} weights have {IN_DATASETS[bench.in_dataset]} outputs"
+                )
         if self.in_dataset in IN_DATASETS:
             self.id_root = None  # a named dataset (also after dataclasses.replace from a folder)
         elif self.in_dataset is not None and (

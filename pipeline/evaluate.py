@@ -349,9 +349,9 @@ def _fit_and_score(run, fc, stats, features, datasets, extractor, tags, tf):
         return scores, preds, labels.get("in"), confidence.get("in")
     try:
         detector.fit(fc, **stats.for_detector(detector))
-    except ValueError as exc:
+        scores, preds = score_cached(detector, features)
+    except ValueError as exc:  # a setting the data cannot take (k above the bank, dim above D)
         raise UserError(f"{run.method}: {exc}") from None
-    scores, preds = score_cached(detector, features)
     if "in" not in features:
         return scores, preds, None, None
     return scores, preds, features["in"].labels, max_softmax(detector, features["in"].features)

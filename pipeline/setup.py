@@ -246,12 +246,12 @@ def ood_groups(config: RunConfig, names: list[str]) -> dict[str, list[str]]:
     """The OpenOOD groups (near, far) of the OOD sets ``names``; empty without --benchmark."""
     if config.benchmark is None:
         return {}
-    groups = get_benchmark(config.benchmark).groups
-    return {
-        g: [n for n in names if n in members]
-        for g, members in groups.items()
-        if any(n in members for n in names)
-    }
+    out = {}
+    for group, members in get_benchmark(config.benchmark).groups.items():
+        present = [n for n in names if n in members]
+        if present:  # a group of which --out-datasets keeps only part is labelled so
+            out[group if len(present) == len(members) else f"{group} (partial)"] = present
+    return out
 
 
 def set_tag(config: RunConfig, key: str) -> str:

@@ -131,7 +131,10 @@ def sweep(config: SweepConfig) -> dict:
                 except ValueError as exc:
                     raise UserError(f"{config.method} {setting}: {exc}") from None
             last = detector
-            scores, _ = score_features(detector, stacked)
+            try:
+                scores, _ = score_features(detector, stacked)
+            except ValueError as exc:
+                raise UserError(f"{config.method} {setting}: {exc}") from None
             part = {k: scores[bounds[k] : bounds[k] + len(features[k])] for k in keys}
         if config.benchmark:
             id_val, id_test = part["in_val"], part["in"]

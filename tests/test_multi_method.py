@@ -92,16 +92,21 @@ def test_unknown_method_names_are_refused_with_the_choices():
         parse_methods("energy,line_xx")
 
 
+SMALL_BANKS = {"knn": ["--knn-k", "3"], "nnguide": ["--nnguide-k", "3", "--nnguide-fraction", "0.5"]}
+
+
 def method_flags(name: str) -> list[str]:
-    """KNN needs k below the 30 training images of this tiny set; every other method its defaults."""
-    return ["--knn-k", "3"] if name == "knn" else []
+    """KNN and NNGuide need k below the training images of this tiny set; every other method its
+    defaults."""
+    return SMALL_BANKS.get(name, [])
 
 
 def test_method_x_and_methods_x_give_identical_scores_and_results_keys_for_every_method(run, capsys):
     root, _ = run
     names = registry.method_names() + list(registry.aliases())
     together = root / "together"
-    evaluate(run, capsys, "--methods", ",".join(names), "--knn-k", "3", "--base-dir", str(together))
+    small = [flag for flags in SMALL_BANKS.values() for flag in flags]
+    evaluate(run, capsys, "--methods", ",".join(names), *small, "--base-dir", str(together))
     for name in names:
         alone = root / "alone" / name
         evaluate(run, capsys, "--method", name, *method_flags(name), "--base-dir", str(alone))

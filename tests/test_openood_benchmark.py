@@ -84,8 +84,9 @@ def test_the_benchmark_prints_each_set_and_the_near_and_far_averages_in_both_con
     ood_eval.main([*common, "--methods", "msp,energy,knn", "--knn-k", "5", "--base-dir", str(root / "out")])
     out = capsys.readouterr().out
     assert "FPR95 (ID+)" in out and "FPR95 (OOD+)" in out
-    for name in (*BENCH.near, *BENCH.far, "near AVG", "far AVG"):
-        assert name in out
+    rows = [line.split()[:2] for line in out.splitlines() if line.startswith(("near ", "far "))]
+    expected = [[g, n] for g, sets in BENCH.groups.items() for n in (*sets, g)]  # each set, then "<g> AVG"
+    assert rows == expected * 3  # msp, energy, knn
     folder = root / "out" / "openood-cifar10" / "energy" / "densenet"
     result = json.loads((folder / "results.json").read_text())
     assert set(result["ood"]) == set(BENCH.test_sets)
@@ -116,22 +117,87 @@ def test_out_datasets_restricts_to_the_benchmarks_sets_and_names_them_when_unkno
         [*common, "--method", "msp", "--out-datasets", "tin", "svhn", "--base-dir", str(root / "o3")]
     )
     out = capsys.readouterr().out
-    assert "near AVG" in out and "far AVG" in out and "mnist" not in out
+    assert "near (partial) AVG" in out and "far (partial) AVG" in out and "mnist" not in out
     with pytest.raises(UserError, match="openood-cifar10 has the OOD sets cifar100, tin, mnist"):
         ood_eval.main([*common, "--method", "msp", "--out-datasets", "dtd"])
 
 
 def test_sweep_selects_on_the_validation_lists_by_auroc_as_openood_does(bench_root, capsys):
+    from detectors import registry
+    from detectors.base import score_features
+    from pipeline import setup
+    from pipeline.config import SweepConfig
+    from util.metrics import auroc
+
     root, common = bench_root
     sweep.main([*common, "--method", "knn", "--grid", "k=1,3,8", "--base-dir", str(root / "sw")])
     folder = root / "sw" / "openood-cifar10" / "knn_sweep" / "densenet"
     summary = json.loads((folder / "sweep.json").read_text())
-    rows = summary["rows"]
     assert summary["selection"].startswith("best AUROC of ID val_cifar10 against OOD val_tin")
-    assert summary["selected"]["k"] == max(rows, key=lambda r: (r["val_AUROC"], -r["val_FPR95"]))["k"]
-    assert set(summary["selected"]["groups"]) == {"near", "far"}
-    assert summary["val_images"] == 20
+    assert summary["val_images"] == 20 and set(summary["selected"]["groups"]) == {"near", "far"}
+    # The validation AUROC of each k, recomputed here from the two validation lists' features.
+    config = SweepConfig(
+        benchmark="openood-cifar10", data_root=str(root), cache_dir=str(root / "cache"),
+        checkpoint=common[common.index("--checkpoint") + 1], device="cpu", progress=False, method="knn",
+    )  # fmt: skip
+    tf = setup.transform(config)
+    model, key, _ = setup.load_classifier(config)
+    extractor = setup.make_extractor(config, model, key)
+    sets, _ = setup.benchmark_sets(config, tf, None, val=True)
+    feats = {k: extractor.extract(sets[k], setup.set_tag(config, k)).features for k in ("in_val", "val_tin")}
+    train = extractor.extract(setup.train_set(config, tf), setup.tag(config, "train")).features
+    assert extractor.images_forwarded == 0  # all cached by the sweep
+    val_auroc = {}
+    for k in (1, 3, 8):
+        knn = registry.build("knn", "CIFAR-10", {"k": k}).fit(model.get_classifier(), train_features=train)
+        val_auroc[k] = auroc(
+            score_features(knn, feats["in_val"])[0], score_features(knn, feats["val_tin"])[0]
+        )
+    assert {r["k"]: r["val_AUROC"] for r in summary["rows"]} == pytest.approx(val_auroc)
+    assert summary["selected"]["k"] == max(val_auroc, key=val_auroc.get)
     capsys.readouterr()
+
+
+def test_a_list_with_an_absolute_path_a_missing_image_or_a_bad_label_is_refused(tmp_path):
+    from util.openood import list_dataset
+
+    lists = tmp_path / "benchmark_imglist" / "cifar10"
+    lists.mkdir(parents=True)
+    (tmp_path / "images_classic" / "a").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "images_classic" / "a" / "x.png")
+    cases = {
+        "/etc/x.png 0": "is not a path inside the image folder",
+        "a/missing.png 0": r"1 of the 1 images listed in .*test_cifar10.txt are missing",
+        "a/x.png 10": r"labels outside 0..9, e.g. a/x.png 10",
+    }
+    for line, message in cases.items():
+        (lists / "test_cifar10.txt").write_text(line + "\n")
+        with pytest.raises(UserError, match=message):
+            list_dataset(tmp_path, BENCH, "test", "cifar10", None, labelled=True)
+
+
+def test_the_groups_are_openoods_near_and_far_sets_and_textures_are_classic_images():
+    # OpenOOD v1.5, openood/evaluation_api/datasets.py (DATA_INFO)
+    assert BENCHMARKS["openood-cifar10"].groups == {
+        "near": ("cifar100", "tin"), "far": ("mnist", "svhn", "texture", "places365")
+    }  # fmt: skip
+    assert BENCHMARKS["openood-cifar100"].groups == {
+        "near": ("cifar10", "tin"), "far": ("mnist", "svhn", "texture", "places365")
+    }  # fmt: skip
+    for name in ("openood-imagenet", "openood-imagenet200"):
+        bench = BENCHMARKS[name]
+        assert bench.groups == {
+            "near": ("ssb_hard", "ninco"),
+            "far": ("inaturalist", "textures", "openimage_o"),
+        }
+        assert bench.val_ood == "openimage_o" and bench.image_dir("textures") == "images_classic"
+        assert bench.image_dir("ninco") == "images_largescale"
+    assert BENCHMARKS["openood-cifar10"].val_ood == "tin"
+
+
+def test_imagenet200_asks_for_the_checkpoint_of_a_200_class_network():
+    with pytest.raises(UserError, match="needs a 200-class classifier: pass its --checkpoint"):
+        ood_eval.main(["--benchmark", "openood-imagenet200", "--method", "msp"])
 
 
 def test_a_benchmark_with_a_different_in_dataset_is_refused(bench_root):

@@ -211,3 +211,39 @@ def test_the_last_batchnorm_with_the_feature_width_is_found_in_the_densenet():
     name, bn = last_batchnorm(model, model.get_classifier().in_features)
     assert name == "bn1" and bn.num_features == model.get_classifier().in_features
     assert last_batchnorm(torch.nn.Sequential(torch.nn.Linear(3, 3)), 3) is None
+
+
+def test_bats_with_feature_statistics_truncates_to_the_training_mean_plus_minus_lambda_std(s):
+    x = s["train"].astype(np.float64)
+    m, sd, lam = x.mean(0), x.std(0), 1.5
+    expected = [
+        scipy.special.logsumexp(logits(np.clip(h, m - lam * sd, m + lam * sd), s))
+        for h in s["test"].astype(np.float64)
+    ]
+    detector = BATS(lam, statistics="features")
+    assert detector.needs() == ("train_features",)
+    np.testing.assert_allclose(scores_of(detector, s), expected, rtol=1e-6)
+
+
+def test_the_training_statistics_give_bats_beta_and_gamma_of_the_models_last_batchnorm():
+    from types import SimpleNamespace
+
+    from models.densenet import DenseNet3
+    from pipeline.statistics import TrainingStatistics
+    from util.errors import UserError
+
+    model = DenseNet3(10, 10)
+    with torch.no_grad():
+        model.bn1.weight.uniform_(-1, 1)
+        model.bn1.bias.uniform_(-1, 1)
+    d = model.get_classifier().in_features
+    config = SimpleNamespace(model_arch="densenet")
+    stats = TrainingStatistics(config, {}, 10, d, extract_train=None, model=model)
+    beta, gamma = stats.for_detector(BATS())["batchnorm"]
+    np.testing.assert_array_equal(beta, model.bn1.bias.detach().double().numpy())
+    np.testing.assert_array_equal(gamma, model.bn1.weight.detach().double().numpy())
+    no_bn = TrainingStatistics(config, {}, 10, d, extract_train=None, model=torch.nn.Linear(d, 10))
+    with pytest.raises(
+        UserError, match=f"bats needs a BatchNorm layer with {d} channels .* densenet has none"
+    ):
+        no_bn.get("batchnorm")

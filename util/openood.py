@@ -116,7 +116,13 @@ def read_image_list(path: Path) -> list[tuple[str, int]]:
                     f"{path}, line {number}: {line!r} is not 'relative/path label' (label {text!r} is "
                     "not an integer)"
                 ) from None
-        entries.append((tokens[0].strip(), label))
+        rel = tokens[0].strip()
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise UserError(
+                f"{path}, line {number}: {rel!r} is not a path inside the image folder (OpenOOD lists hold "
+                "paths relative to images_classic/ or images_largescale/)"
+            )
+        entries.append((rel, label))
     if not entries:
         raise UserError(f"OpenOOD image list {path} lists no image")
     return entries
