@@ -25,8 +25,10 @@ no training sample is predicted as has no mean there (its ``torch.stack`` fails)
 falls back to the mean of the training features *labelled* with that class
 (``unpredicted_classes_`` counts them; fit fails only for a class with neither); (3) ||h||_1 is
 clamped below at 1e-12, which only changes an all-zero feature (official: inf or NaN, which the
-metrics reject; here a finite, very low score). The paper's text beyond its abstract was not
-available when this was written: the definitions follow the authors' code. OpenOOD v1.5 and
+metrics reject; here a finite score: very low for CARef; for CADRef E+ is then of order 1e12 and
+divided by S at h = 0, so very low when S > 0 there but very high when S < 0). The paper's text
+beyond its abstract was not available when this was written: the definitions follow the authors'
+code. OpenOOD v1.5 and
 pytorch-ood 0.4 do not implement these methods. If S(z) <= 0 (Energy or MaxLogit of a sample
 with all-negative logits) the division flips the sign of E+'s term, as in the official code;
 that is kept.

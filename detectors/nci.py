@@ -20,11 +20,12 @@ searches the grid. The right alpha scales with 1 / ||h||_1, i.e. with the featur
 the activation level of the network.
 
 Reference implementations, per image:
-- Official code (github.com/litianliu/NCI-OOD, identical to OpenOOD v1.5's
-  ``nci_postprocessor.py``): the formula above, with mu the float32 numpy mean of the training
-  features, c the argmax of the network output (bias included), w_c the raw fc weight row and
-  ``torch.norm(h, p=1)``. Ours is the same function; mu is the float64 mean of the ID training features,
-  which differs from theirs by float32 rounding only.
+- Official code (github.com/litianliu/NCI-OOD, identical to the ``nci_postprocessor.py`` that
+  OpenOOD's main branch added in 2025, after v1.5): the formula above, with mu the float32 numpy
+  mean of the training features, c the argmax of the network output (bias included), w_c the raw
+  fc weight row and ``torch.norm(h, p=1)``. Ours is the same function; mu is the float64 mean of
+  the ID training features, which differs from theirs by float32 rounding only; c is taken from
+  float64 logits, so that a near-tie cannot flip with the batch size.
 - pytorch-ood 0.4 (``detector/nci.py``): the same score negated (outlier score), with alpha <= 0
   dropping the norm term (the same as alpha = 0 here). Checked against this module on random
   features (D = 342): the same scores up to float32 rounding.
@@ -78,13 +79,21 @@ class NCI(Detector):
         mean = mean_feature(train_features)
         self.mean_ = torch.from_numpy(mean)
         self.weight_ = self.fc_.weight.detach().double()
+        bias = self.fc_.bias
+        self.bias_ = (
+            bias.detach().double()
+            if bias is not None
+            else torch.zeros(len(self.weight_), dtype=torch.float64)
+        )
         return self
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.logits(h)
         h64 = h.double()
+        # the predicted class from float64 logits: float32 rounding depends on the batch size
+        pred = (h64 @ self.weight_.T + self.bias_).argmax(dim=1)
         centred = h64 - self.mean_
-        along = (self.weight_[z.argmax(dim=1)] * centred).sum(dim=1)
+        along = (self.weight_[pred] * centred).sum(dim=1)
         norm = torch.linalg.vector_norm(centred, dim=1)
         proximity = torch.where(norm > 0, along / torch.where(norm > 0, norm, 1.0), 0.0)
         return proximity + self.alpha * h64.abs().sum(dim=1), z

@@ -142,4 +142,5 @@ class OptFS(Detector):
         shaped = self.shape(h)
         if self.score == "energy":
             return torch.logsumexp(shaped @ self.weight64_.T + self.bias64_, dim=1), z
-        return (self.weight64_[z.argmax(dim=1)] * shaped).sum(dim=1), z
+        pred = (h.double() @ self.weight64_.T + self.bias64_).argmax(dim=1)  # float64: batch-independent
+        return (self.weight64_[pred] * shaped).sum(dim=1), z

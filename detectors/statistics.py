@@ -81,6 +81,8 @@ def fill_empty_classes(
 
 def mean_feature(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Mean of h over all rows, float64, shape (D,)."""
+    if len(features) == 0:
+        raise ValueError("the mean training feature needs at least one training feature; got none")
     total = np.zeros(features.shape[1], dtype=np.float64)
     for block in row_blocks(features, chunk):
         total += block.astype(np.float64).sum(axis=0)

@@ -39,13 +39,13 @@ eta_alpha in {0.5, 0.6, 0.65, 0.7}, eta_beta in {0.8, 0.85, 0.9, 0.95, 0.99} and
   setting is alpha = 1, beta = 2, gamma = 0.6: pass ``--vra-alpha 1 --vra-beta 2 --vra-gamma
   0.6``).
 
-Other implementations named VRA differ from the paper's function. OpenOOD (main branch, added
-in 2025, after v1.5; ``vra_postprocessor.py``) clips to [low, high] = global percentiles (10, 90)
-of the ID validation features: activations below low are raised to low instead of zeroed and
-there is no gamma. pytorch-ood's ``VRA`` clips to per-dimension percentiles (1, 99) the same
-way. Both score Energy; neither equals this module per image (with gamma = 0 they would still
-differ below alpha). The OptFS authors' re-implementation (``VRA_P``) zeroes h <= alpha and clips
-at beta, without gamma.
+Other implementations named VRA differ from the paper's function. OpenOOD (main branch, added in
+2025, after v1.5; ``vra_postprocessor.py``) clips to [low, high] = global percentiles (10, 90) of
+the ID validation features: activations below low are raised to low instead of zeroed and there is
+no gamma. pytorch-ood 0.4's ``VRA`` clips the same way, element by element on the un-pooled feature
+maps (C x H x W thresholds, percentiles 1 and 99) before the head's pooling. Both score Energy;
+neither equals this module per image (with gamma = 0 they would still differ below alpha). The OptFS
+authors' re-implementation (``VRA_P``) zeroes h <= alpha and clips at beta, without gamma.
 """
 
 from __future__ import annotations

@@ -57,12 +57,17 @@ Against the authors' code (github.com/mgranz/weiper, an OpenOOD-based postproces
 - Their float32 bin edges end at max + 1e-8, which rounds to max, so the training maximum itself
   falls outside the last (half-open) bin; here the last bin is closed. Projections, histograms
   and divergences are float64 here, float32 there.
+- For D > 1000 (ResNet-50 on ImageNet: D = 2048) their feature histogram is built over chunks of
+  1000 dimensions and normalised by the size of the last chunk before renormalising, so every
+  chunk weighs equally (dimensions 2000-2047 make up a third of q_z and p_z); here the histogram
+  of all D values, each weighing 1/D. CIFAR (D <= 1000) is not affected.
 
 Cost: ``fit`` makes two passes over the training features (range, then histograms), each
 projecting every row on the r*C perturbed vectors: N*D*r*C multiply-adds per pass, 1.7e11 for
 CIFAR-100 on DenseNet-101 but 2.6e14 for ImageNet on ResNet-50 (hours on a CPU). ``fraction``
-fits on a seeded random share of the training rows instead (the paper's Table 6 fits ImageNet
-subsets of 1k to 1M images; theirs are class-balanced, this one is uniform). Scoring costs
+fits on a seeded random share of the training rows instead: on ImageNet it defaults to 0.234,
+about the 300,000 images the authors fit ImageNet on (their ``train_imagenet_subsample.txt``;
+theirs are class-balanced, this share is uniform). Scoring costs
 D*r*C multiply-adds and a histogram of r*C values per image, and every sweep setting scores
 afresh. Memory: W~ takes r*C*D*4 bytes (0.8 GB for ImageNet); the training features are read in
 row blocks, and temporaries stay below ``BLOCK_VALUES`` perturbed logits.
@@ -217,6 +222,7 @@ class WeiPer(Detector):
             "lambda_2": 0.25,
             "s1": 40,
             "s2": 15,
+            "fraction": 0.234,
         },
     }
     fit_params = ("score", "r", "delta", "n_bins", "seed", "fraction")

@@ -216,7 +216,7 @@ def test_defaults_are_the_authors_published_settings():
         r=100, delta=2.4, n_bins=100, lambda_1=0.1, lambda_2=1.0, s1=4, s2=40
     )
     assert WeiPer.defaults_for("imagenet") == dict(
-        r=100, delta=2.4, n_bins=100, lambda_1=2.5, lambda_2=0.25, s1=40, s2=15
+        r=100, delta=2.4, n_bins=100, lambda_1=2.5, lambda_2=0.25, s1=40, s2=15, fraction=0.234
     )
     det = WeiPer()
     assert (det.score, det.r, det.delta, det.seed, det.fraction) == ("kld", 100, 1.8, 0, 1.0)
