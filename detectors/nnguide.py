@@ -39,7 +39,7 @@ class NNGuide(Detector):
     name = "nnguide"
     paper = "Park et al., ICCV 2023"
     params = (
-        Param("k", ("--nnguide-k",), "NNGuide: neighbours averaged (default 100)", positive_int),
+        Param("k", ("--nnguide-k",), "NNGuide: neighbours averaged (default 10)", positive_int),
         Param(
             "fraction",
             ("--nnguide-fraction",),

@@ -6,6 +6,7 @@ Synthetic features: non-negative like post-ReLU penultimate features, continuous
 import numpy as np
 import pytest
 import torch
+from reference import logsumexp
 from sklearn.covariance import EmpiricalCovariance
 
 from detectors import ASH, KNN, SCALE, GradNorm, LINe, Mahalanobis, ReAct, ViM, score_features
@@ -14,11 +15,6 @@ from detectors.vim import default_principal_dim
 from models.route import RouteLINe
 
 C, D = 5, 24
-
-
-def logsumexp(v):
-    m = max(v)
-    return m + np.log(sum(np.exp(x - m) for x in v))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ labels independent of the head, so that most training labels differ from the pre
 import numpy as np
 import pytest
 import torch
+from reference import synthetic_problem
 
 from detectors.base import score_features
 from detectors.cadref import CADRef, CARef
@@ -16,20 +17,7 @@ C, D = 5, 24
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    fc = torch.nn.Linear(D, C)
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(rng.normal(0, 0.5, (C, D))))
-        fc.bias.copy_(torch.from_numpy(rng.normal(0, 0.3, C)))
-    W = fc.weight.detach().double().numpy()
-    b = fc.bias.detach().double().numpy()
-    train = (np.maximum(rng.normal(0.3, 1.0, (400, D)), 0) + rng.uniform(0, 1e-3, (400, D))).astype(
-        np.float32
-    )
-    labels = rng.integers(0, C, 400)
-    labels[:C] = np.arange(C)
-    test = (np.maximum(rng.normal(0.3, 1.2, (60, D)), 0) + rng.uniform(0, 1e-3, (60, D))).astype(np.float32)
-    return dict(fc=fc, W=W, b=b, train=train, labels=labels, test=test)
+    return synthetic_problem(num_classes=C, dim=D, labels=True)
 
 
 def fitted(detector, s, fc=None):

@@ -7,6 +7,7 @@ signed set for the ReLU the authors apply before computing the factor.
 import numpy as np
 import pytest
 import torch
+from reference import logsumexp, synthetic_problem
 
 from detectors.base import score_features
 from detectors.lts import LTS
@@ -14,26 +15,11 @@ from detectors.lts import LTS
 C, D = 5, 24
 
 
-def logsumexp(v):
-    m = max(v)
-    return m + np.log(sum(np.exp(x - m) for x in v))
-
-
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    fc = torch.nn.Linear(D, C).double()
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(rng.normal(0, 0.5, (C, D))))
-        fc.bias.copy_(torch.from_numpy(rng.normal(0, 0.3, C)))
-    fc = fc.float()
-    W = fc.weight.detach().double().numpy()
-    b = fc.bias.detach().double().numpy()
-    test = np.maximum(rng.normal(0.3, 1.2, (60, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (60, D)
-    ).astype(np.float32)
-    signed = rng.normal(0.1, 1.0, (40, D)).astype(np.float32)
-    return dict(fc=fc, W=W, b=b, test=test, signed=signed)
+    s = synthetic_problem(num_classes=C, dim=D, train=False)
+    rng = np.random.default_rng(1)
+    return {**s, "signed": rng.normal(0.1, 1.0, (40, D)).astype(np.float32)}
 
 
 def lts_reference(x, W, b, p):

@@ -6,6 +6,7 @@ Synthetic features: non-negative like post-ReLU penultimate features, continuous
 import numpy as np
 import pytest
 import torch
+from reference import synthetic_problem
 
 from detectors.base import score_features
 from detectors.nci import NCI
@@ -15,22 +16,8 @@ C, D = 5, 24
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    fc = torch.nn.Linear(D, C).double()
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(rng.normal(0, 0.5, (C, D))))
-        fc.bias.copy_(torch.from_numpy(rng.normal(0, 0.3, C)))
-    fc = fc.float()
-    W = fc.weight.detach().double().numpy()
-    b = fc.bias.detach().double().numpy()
-    train = np.maximum(rng.normal(0.3, 1.0, (400, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (400, D)
-    ).astype(np.float32)
-    test = np.maximum(rng.normal(0.3, 1.2, (60, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (60, D)
-    ).astype(np.float32)
-    mean = train.astype(np.float64).mean(0)
-    return dict(fc=fc, W=W, b=b, train=train, test=test, mean=mean)
+    s = synthetic_problem(num_classes=C, dim=D)
+    return {**s, "mean": s["train"].astype(np.float64).mean(0)}
 
 
 def nci_reference(x, W, b, mean, alpha):

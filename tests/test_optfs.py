@@ -6,6 +6,7 @@ Synthetic features: non-negative like post-ReLU penultimate features, continuous
 import numpy as np
 import pytest
 import torch
+from reference import logsumexp, synthetic_problem
 
 from detectors.base import score_features
 from detectors.optfs import OptFS
@@ -13,28 +14,9 @@ from detectors.optfs import OptFS
 C, D = 5, 24
 
 
-def logsumexp(v):
-    m = max(v)
-    return m + np.log(sum(np.exp(x - m) for x in v))
-
-
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    fc = torch.nn.Linear(D, C).double()
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(rng.normal(0, 0.5, (C, D))))
-        fc.bias.copy_(torch.from_numpy(rng.normal(0, 0.3, C)))
-    fc = fc.float()
-    W = fc.weight.detach().double().numpy()
-    b = fc.bias.detach().double().numpy()
-    train = np.maximum(rng.normal(0.3, 1.0, (400, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (400, D)
-    ).astype(np.float32)
-    test = np.maximum(rng.normal(0.3, 1.2, (60, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (60, D)
-    ).astype(np.float32)
-    return dict(fc=fc, W=W, b=b, train=train, test=test)
+    return synthetic_problem(num_classes=C, dim=D)
 
 
 class Reference:

@@ -6,6 +6,7 @@ Synthetic features: non-negative like post-ReLU penultimate features, continuous
 import numpy as np
 import pytest
 import torch
+from reference import synthetic_problem
 
 from detectors.base import score_features
 from detectors.weiper import WeiPer
@@ -16,22 +17,9 @@ SMALL = dict(r=7, delta=1.8, n_bins=12, lambda_1=1.5, lambda_2=0.7, s1=3, s2=4, 
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    fc = torch.nn.Linear(D, C).double()
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(rng.normal(0, 0.5, (C, D))))
-        fc.bias.copy_(torch.from_numpy(rng.normal(0, 0.3, C)))
-    fc = fc.float()
-    W = fc.weight.detach().double().numpy()
-    b = fc.bias.detach().double().numpy()
-    train = np.maximum(rng.normal(0.3, 1.0, (400, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (400, D)
-    ).astype(np.float32)
-    test = np.maximum(rng.normal(0.3, 1.2, (60, D)), 0).astype(np.float32) + rng.uniform(
-        0, 1e-3, (60, D)
-    ).astype(np.float32)
-    test[0] += 50.0  # far outside the training range: every value falls outside the bins
-    return dict(fc=fc, W=W, b=b, train=train, test=test)
+    s = synthetic_problem(num_classes=C, dim=D)
+    s["test"][0] += 50.0  # far outside the training range: every value falls outside the bins
+    return s
 
 
 # -- the reference -----------------------------------------------------------------------------
