@@ -157,7 +157,44 @@ def jpeg_lines(path: Path | None) -> list[str]:
     return [*lines, ""]
 
 
-def render(results: dict[str, dict], base_dir: Path, out: Path, jpeg: Path | None = None) -> str:
+def network_section(network: dict[str, dict]) -> list[str]:
+    """The network-level detectors' table: a run on an image subset (they cannot use the cache)."""
+    if not network:
+        return []
+    s = next(iter(network.values()))["settings"]
+    n_images = s.get("num_images", {})
+    sets = list(dict.fromkeys(name for r in network.values() for name in r["ood"]))
+    return [
+        "## Network-level detectors (an image subset)",
+        "",
+        "Network-level detectors run the network on every image (ODIN a forward and a backward pass",
+        "and a second forward; RankFeat an SVD inside the network), so they cannot read the feature",
+        "cache. On this 2-core CPU a full run would take hours, so they ran with `--max-samples",
+        f"{s.get('max_samples')}` (images spread evenly over each set: ID test {n_images.get('in', '?')}, "
+        + ", ".join(f"{k} {v}" for k, v in n_images.items() if k != "in")
+        + "),",
+        "with "
+        + (
+            ", ".join(f"`{m}`" for m in method_order(network) if family_of(m) != "network")
+            or "no other method"
+        )
+        + " scored from the cache on the same images for reference.",
+        "",
+        *main_table(network, sets),
+        "",
+        *settings_lines(network),
+        "",
+    ]
+
+
+def render(
+    results: dict[str, dict],
+    base_dir: Path,
+    out: Path,
+    jpeg: Path | None = None,
+    network: dict[str, dict] | None = None,
+    network_dir: Path | None = None,
+) -> str:
     first = next(iter(results.values()))
     s = first["settings"]
     sets = list(dict.fromkeys(name for r in results.values() for name in r["ood"]))  # every set, in order
@@ -204,12 +241,13 @@ def render(results: dict[str, dict], base_dir: Path, out: Path, jpeg: Path | Non
             "compare them with care.",
             "",
         ]
-    if "odin" not in results:
+    if "odin" not in results and not network:
         lines += [
             "ODIN is not in this table: it needs a forward and a backward pass of the network per image",
             "(input perturbation), not cached features; add `odin` to `--methods` to include it.",
             "",
         ]
+    lines += network_section(network or {})
     ablation = ablation_table(results)
     if ablation:
         lines += [
@@ -230,6 +268,7 @@ def render(results: dict[str, dict], base_dir: Path, out: Path, jpeg: Path | Non
         "",
         "```",
         regenerate_command(results),
+        *([regenerate_command(network)] if network else []),
         *(
             [
                 f"python benchmarks/jpeg_sensitivity.py --n {json.loads(jpeg.read_text())['images']} "
@@ -239,7 +278,8 @@ def render(results: dict[str, dict], base_dir: Path, out: Path, jpeg: Path | Non
             else []
         ),
         f"python scripts/make_results_md.py --base-dir {base_dir} --in-dataset {s['in_dataset']} --out {out}"
-        + (f" --jpeg-sensitivity {jpeg}" if jpeg else ""),
+        + (f" --jpeg-sensitivity {jpeg}" if jpeg else "")
+        + (f" --network-base-dir {network_dir}" if network else ""),
         "```",
         "",
         f"Code version of the results: `{s.get('code_version', 'unknown')}`; device: {s.get('device', '?')}.",
@@ -257,12 +297,20 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--jpeg-sensitivity", default=None, help="JSON from benchmarks/jpeg_sensitivity.py --out"
     )
+    parser.add_argument(
+        "--network-base-dir",
+        default=None,
+        help="ood_eval.py --base-dir of a run of the network-level detectors on an image subset "
+        "(--max-samples): their own table",
+    )
     args = parser.parse_args(argv)
     results = load_results(Path(args.base_dir), args.in_dataset, args.name)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jpeg = Path(args.jpeg_sensitivity) if args.jpeg_sensitivity else None
-    atomic_write_text(out, render(results, Path(args.base_dir), Path(args.out), jpeg))
+    network_dir = Path(args.network_base_dir) if args.network_base_dir else None
+    network = load_results(network_dir, args.in_dataset, args.name) if network_dir else None
+    atomic_write_text(out, render(results, Path(args.base_dir), Path(args.out), jpeg, network, network_dir))
     print(f"wrote {out} ({len(results)} methods)")
 
 
