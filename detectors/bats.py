@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from util.argtypes import name_arg, positive_float
-from util.io import row_blocks
 
 from .base import Detector, Param
+from .statistics import mean_and_std
 
 SOURCES = ("batchnorm", "features")
 
@@ -81,14 +81,7 @@ class BATS(Detector):
         else:
             if train_features is None:
                 raise ValueError("BATS with statistics='features' needs the ID training features")
-            n, d = train_features.shape
-            total, squares = np.zeros(d), np.zeros(d)
-            for block in row_blocks(train_features, chunk):
-                total += block.astype(np.float64).sum(axis=0)
-            centre = total / n
-            for block in row_blocks(train_features, chunk):
-                squares += ((block.astype(np.float64) - centre) ** 2).sum(axis=0)
-            spread = np.sqrt(squares / n)
+            centre, spread = mean_and_std(train_features, chunk)
         if centre.shape != (self.fc_.in_features,) or spread.shape != centre.shape:
             raise ValueError(
                 f"BATS needs statistics of {self.fc_.in_features} channels; got {centre.shape[0]} channels"

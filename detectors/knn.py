@@ -26,6 +26,7 @@ from util.argtypes import fraction_arg, positive_int
 from util.io import row_blocks, take_rows
 
 from .base import Detector, Param
+from .statistics import seeded_rows
 
 MAX_BANK_BYTES = 1 << 30  # larger training banks are streamed from their file
 BANK_ROWS = 16384  # rows of a streamed bank read at a time
@@ -78,10 +79,8 @@ class KNN(Detector):
         super().fit(fc)
         features = train_features
         n = len(features)
-        if self.fraction < 1:
-            keep = np.sort(
-                np.random.default_rng(self.seed).choice(n, max(1, round(self.fraction * n)), False)
-            )
+        keep = seeded_rows(n, self.fraction, self.seed)
+        if keep is not None:
             features = take_rows(features, keep)  # a memory-mapped file is read, not mapped in
         if len(features) < self.k:
             raise ValueError(f"KNN k = {self.k} exceeds the {len(features)} training features")

@@ -25,6 +25,7 @@ from util.argtypes import positive_int
 from util.io import row_blocks
 
 from .base import Detector, Param
+from .statistics import mean_and_std
 
 
 class NECO(Detector):
@@ -57,14 +58,7 @@ class NECO(Detector):
     def fit(self, fc, train_features, chunk: int = 8192) -> NECO:
         super().fit(fc)
         n, d = train_features.shape
-        total, squares = np.zeros(d), np.zeros(d)
-        for block in row_blocks(train_features, chunk):
-            x = block.astype(np.float64)
-            total += x.sum(axis=0)
-        mean = total / n
-        for block in row_blocks(train_features, chunk):
-            squares += ((block.astype(np.float64) - mean) ** 2).sum(axis=0)
-        std = np.sqrt(squares / n)
+        mean, std = mean_and_std(train_features, chunk)
         std[std == 0] = 1.0
         second = np.zeros((d, d))
         for block in row_blocks(train_features, chunk):

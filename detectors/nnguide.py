@@ -27,6 +27,7 @@ from util.argtypes import fraction_arg, positive_int
 from util.io import take_rows
 
 from .base import Detector, Param
+from .statistics import seeded_rows
 
 MAX_BANK_BYTES = 4 << 30
 
@@ -63,20 +64,24 @@ class NNGuide(Detector):
     def fit(self, fc, train_features) -> NNGuide:
         super().fit(fc)
         n = len(train_features)
-        count = max(1, round(self.fraction * n))
-        size = count * train_features.shape[1] * 4
-        if size > MAX_BANK_BYTES:
+        keep = seeded_rows(n, self.fraction, self.seed)
+        count = n if keep is None else len(keep)
+        row_bytes = train_features.shape[1] * 4
+        if count * row_bytes > MAX_BANK_BYTES:
             raise ValueError(
-                f"an NNGuide bank of {count} training features would take {size / 2**30:.1f} GiB of "
-                "memory; pass a smaller --nnguide-fraction"
+                f"an NNGuide bank of {count} training features would take {count * row_bytes / 2**30:.1f} "
+                f"GiB of memory (at most {MAX_BANK_BYTES / 2**30:.0f} GiB); pass --nnguide-fraction "
+                f"{MAX_BANK_BYTES // row_bytes / n:.3g} or less"
             )
-        keep = (
-            np.sort(np.random.default_rng(self.seed).choice(n, count, False)) if count < n else np.arange(n)
-        )
-        bank = torch.from_numpy(np.asarray(take_rows(train_features, keep), dtype=np.float32))
+        rows = np.arange(n) if keep is None else keep
+        bank = torch.from_numpy(np.array(take_rows(train_features, rows), dtype=np.float32))
         with torch.inference_mode():
-            energy = torch.logsumexp(self.fc_(bank).double(), dim=1)
-        self.bank_ = (unit_rows(bank.double()) * energy[:, None]).float()
+            for start in range(0, len(bank), 8192):  # in place, block by block: no float64 copy
+                block = bank[start : start + 8192]
+                energy = torch.logsumexp(self.fc_(block).double(), dim=1)
+                scale = energy / torch.linalg.vector_norm(block.double(), dim=1).clamp(min=1e-30)
+                block.mul_(scale.float()[:, None])
+        self.bank_ = bank
         return self
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

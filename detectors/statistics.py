@@ -87,3 +87,21 @@ def mean_feature(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
     for block in row_blocks(features, chunk):
         total += block.astype(np.float64).sum(axis=0)
     return total / len(features)
+
+
+def mean_and_std(features, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and population standard deviation (1/N, as numpy's and sklearn's
+    StandardScaler's) of all rows, float64, in two passes over row blocks."""
+    mean = mean_feature(features, chunk)
+    squares = np.zeros(features.shape[1])
+    for block in row_blocks(features, chunk):
+        squares += ((block.astype(np.float64) - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(squares / len(features))
+
+
+def seeded_rows(n: int, fraction: float, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random share ``fraction`` of ``n`` rows (at least one), or None
+    for all of them (fraction 1)."""
+    if fraction >= 1:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, max(1, round(fraction * n)), replace=False))

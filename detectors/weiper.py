@@ -82,6 +82,7 @@ from util.argtypes import fraction_arg, nonnegative_float, nonnegative_int, posi
 from util.io import row_blocks
 
 from .base import Detector, Param
+from .statistics import seeded_rows
 
 FEATURE_EPS = 0.01  # added to both densities of the feature divergence (authors' code)
 LOGIT_EPS = 0.025  # added to both densities of the perturbed-logit divergence (authors' code)
@@ -299,10 +300,7 @@ class WeiPer(Detector):
         if train_features is None:
             raise ValueError("WeiPer+KLD needs the ID training features")
         n, d = train_features.shape
-        keep = None
-        if self.fraction < 1:
-            kept = max(1, round(self.fraction * n))
-            keep = np.sort(np.random.default_rng(self.seed).choice(n, kept, replace=False))
+        keep = seeded_rows(n, self.fraction, self.seed)
 
         def rows():
             """The (kept) training rows, block by block, as float64 tensors."""
