@@ -41,6 +41,13 @@ def class_means_and_tied_precision(features, labels, num_classes: int, chunk: in
     return means, np.linalg.pinv(scatter / len(labels), hermitian=True)
 
 
+def squared_distances(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(B, K) of (x_i - mu_k)^T P (x_i - mu_k) = x'P x - 2 mu_k'P x + mu_k'P mu_k, float64."""
+    xp = x @ precision
+    mp = means @ precision
+    return (xp * x).sum(1, keepdim=True) - 2 * xp @ means.T + (mp * means).sum(1)[None, :]
+
+
 class Mahalanobis(Detector):
     name = "mahalanobis"
     paper = "Lee et al., NeurIPS 2018 (penultimate layer only)"
@@ -53,9 +60,6 @@ class Mahalanobis(Detector):
         return self
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-min_c d_c with d_c = h'P h - 2 mu_c'P h + mu_c'P mu_c (float64)."""
-        x = h.double()
-        xp = x @ self.precision_
-        mp = self.means_ @ self.precision_
-        dist = (xp * x).sum(1, keepdim=True) - 2 * xp @ self.means_.T + (mp * self.means_).sum(1)[None, :]
+        """-min_c (h - mu_c)^T P (h - mu_c) (float64)."""
+        dist = squared_distances(h.double(), self.means_, self.precision_)
         return -dist.min(dim=1).values, self.logits(h)

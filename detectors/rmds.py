@@ -27,28 +27,19 @@ import torch
 from util.io import row_blocks
 
 from .base import Detector
-from .mahalanobis import class_means_and_tied_precision
+from .mahalanobis import class_means_and_tied_precision, squared_distances
+from .statistics import mean_feature
 
 
 def mean_and_precision(features, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(mean (D,), pseudo-inverse of the 1/N covariance (D, D)) of all rows, float64, in blocks."""
     n, d = len(features), features.shape[1]
-    total = np.zeros(d)
-    for block in row_blocks(features, chunk):
-        total += block.astype(np.float64).sum(axis=0)
-    mean = total / n
+    mean = mean_feature(features, chunk)
     scatter = np.zeros((d, d))
     for block in row_blocks(features, chunk):
         centred = block.astype(np.float64) - mean
         scatter += centred.T @ centred
     return mean, np.linalg.pinv(scatter / n, hermitian=True)
-
-
-def squared_distances(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """(B, K) of (x_i - mu_k)^T P (x_i - mu_k), float64."""
-    xp = x @ precision
-    mp = means @ precision
-    return (xp * x).sum(1, keepdim=True) - 2 * xp @ means.T + (mp * means).sum(1)[None, :]
 
 
 class RelativeMahalanobis(Detector):
