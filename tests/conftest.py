@@ -25,3 +25,22 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_checkpoint(shared) -> Path:
     return shared / "checkpoints" / "CIFAR-10" / "densenet" / "checkpoint_100.pth.tar"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device for the device-sensitive tests (default: cpu; gpu_check.sh passes cuda)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> str:
+    """The --device the device-sensitive tests run on; asking for cuda without a GPU fails loudly."""
+    import torch
+
+    name = pytestconfig.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"--device {name} asked for, but torch sees no CUDA GPU here")
+    return name

@@ -34,9 +34,10 @@ def make_problem(C=10, D=40, N=120, seed=0):
 
 
 @pytest.mark.parametrize("p", [0, 10, 50, 90, 100])
-def test_route_dice_equals_the_reference_masked_logits(p):
+def test_route_dice_equals_the_reference_masked_logits(p, device):
     fc, W, b, h, _, m = make_problem()
-    got = RouteDICE(fc, m, p)(torch.from_numpy(h).float()).double().numpy()
+    route = RouteDICE(fc, m, p).to(device)
+    got = route(torch.from_numpy(h).float().to(device)).double().cpu().numpy()
     np.testing.assert_allclose(got, dice_logits(h, W, b, m, p), rtol=1e-5, atol=1e-5)
 
 
@@ -48,10 +49,10 @@ def test_route_dice_keeps_entries_strictly_above_the_percentile():
 
 
 @pytest.mark.parametrize("p_w,p_a,tau", [(90, 90, 1.0), (90, 10, 1.0), (10, 10, 0.8), (50, 70, 0.5)])
-def test_route_line_equals_the_reference_loop(p_w, p_a, tau):
+def test_route_line_equals_the_reference_loop(p_w, p_a, tau, device):
     fc, W, b, h, contrib, _ = make_problem()
-    h_clipped = torch.from_numpy(np.minimum(h, tau)).float()
-    got = RouteLINe(fc, contrib, p_w, p_a)(h_clipped).double().numpy()
+    h_clipped = torch.from_numpy(np.minimum(h, tau)).float().to(device)
+    got = RouteLINe(fc, contrib, p_w, p_a).to(device)(h_clipped).double().cpu().numpy()
     np.testing.assert_allclose(got, line_logits(h, W, b, contrib, p_w, p_a, tau), rtol=1e-5, atol=1e-5)
 
 
