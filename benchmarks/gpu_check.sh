@@ -19,6 +19,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3
     echo "gpu_check: torch sees no CUDA GPU on this machine; nothing to check (exit 3)" >&2
     exit 3
 fi
+rm -rf "$OUT/cpu" "$OUT/cuda"  # this script's own folders: a rerun never compares an earlier run's files
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -27,7 +28,7 @@ FAILED=0
 
 step() {  # step NAME COMMAND...: runs one check, logs it, records ok/FAIL and its time
     local name="$1"; shift
-    local t0=$SECONDS
+    local t0=$SECONDS status
     if "$@" > "$OUT/$name.log" 2>&1; then status=ok; else status=FAIL; FAILED=1; fi
     printf '%-5s %-22s %4ds  %s\n' "$status" "$name" $((SECONDS - t0)) "$OUT/$name.log" | tee -a "$SUMMARY"
 }

@@ -37,10 +37,14 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def device(pytestconfig) -> str:
-    """The --device the device-sensitive tests run on; asking for cuda without a GPU fails loudly."""
-    import torch
+    """The --device the device-sensitive tests run on, checked by util.devices.check_device
+    (a device this machine lacks fails those tests with its message instead of skipping them)."""
+    from util.devices import check_device
+    from util.errors import UserError
 
     name = pytestconfig.getoption("--device")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        pytest.fail(f"--device {name} asked for, but torch sees no CUDA GPU here")
+    try:
+        check_device(name)
+    except UserError as error:
+        pytest.fail(str(error))
     return name
