@@ -20,18 +20,13 @@ CACHE_DIR=${CACHE_DIR:-cache}
 BASE_DIR=${BASE_DIR:-output/ood_scores}
 read -r -a EXTRA <<< "${EXTRA_FLAGS:-}"
 
-ood_sets() {  # named OOD sets present under the data root, then the noise sets
-    local sets=()
-    for name in SVHN LSUN LSUN_resize iSUN dtd places365 FashionMNIST; do
-        case $name in
-            SVHN) path=ood_datasets/svhn/svhn_test_subset.npz ;;
-            dtd) path=ood_datasets/dtd/images ;;
-            FashionMNIST) path=ood_datasets/FashionMNIST/raw ;;
-            *) path=ood_datasets/$name ;;
-        esac
-        if [ -e "$DATA_ROOT/$path" ]; then sets+=("$name"); else echo "  (no $DATA_ROOT/$path: skipping $name)" >&2; fi
-    done
-    echo "${sets[@]}" gaussian uniform
+ood_sets() {  # $1: the ID dataset. Its papers' OOD sets present under the data root (the dataset
+    # spec's, via ood_eval.py --show-ood-sets, which names each absent one), then Fashion-MNIST and noise
+    local paper extra
+    paper=$(python ood_eval.py --in-dataset "$1" --data-root "$DATA_ROOT" --show-ood-sets)
+    extra=$(python ood_eval.py --in-dataset "$1" --data-root "$DATA_ROOT" --show-ood-sets \
+        --out-datasets FashionMNIST gaussian uniform)
+    echo "$paper $extra"
 }
 
 timed() {  # run a command and print its wall time
@@ -49,7 +44,7 @@ run_dataset() {
     local flags=(--in-dataset "$ds" --data-root "$DATA_ROOT" --cache-dir "$CACHE_DIR" "${EXTRA[@]}")
     local ckpt="$CHECKPOINT_ROOT/$ds/densenet/checkpoint_100.pth.tar"
     if [ -f "$ckpt" ] || [ "$CHECKPOINT_ROOT" != checkpoints ]; then flags+=(--checkpoint "$ckpt"); fi
-    read -r -a sets <<< "$(ood_sets)"
+    read -r -a sets <<< "$(ood_sets "$ds")"
     read -r -a line_flags <<< "$(paper_flags "$ds" taylor)"
     read -r -a dice_flags <<< "$(paper_flags "$ds" dice)"
     echo "================ ID: $ds   OOD: ${sets[*]} ================"

@@ -20,6 +20,7 @@ import bootstrap  # noqa: F401  (reruns this script under .venv when this Python
 
 # isort: split
 import argparse
+import sys
 
 from detectors import registry
 from pipeline.config import EvalConfig
@@ -34,7 +35,7 @@ from pipeline.flags import (
     detector_runs,
     flags_of,
 )
-from util.data import paper_setting
+from util.datasets import missing_ood_message, ood_available
 from util.metrics import FPR_CONVENTIONS
 from util.runtime import run_cli
 
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the detector flags of the chosen method with their values for --in-dataset (the "
         "papers' settings unless given) and exit; the demos read the settings this way",
     )
+    parser.add_argument(
+        "--show-ood-sets",
+        action="store_true",
+        help="print the OOD sets this run would score (--out-datasets, else the ID dataset's defaults) "
+        "that are present under --data-root, on one line; each absent one is named on stderr with "
+        "where to get it; then exit (the demos read the sets this way)",
+    )
     add_detector_args(parser)
     add_original_eval_args(parser)
     return parser
@@ -74,12 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_of(args: argparse.Namespace) -> EvalConfig:
     config = EvalConfig(**config_values(args, EvalConfig))
-    config.detectors = detector_runs(args, paper_setting(config.in_dataset))
+    config.detectors = detector_runs(args, config.dataset.preset)
     return config
 
 
-def config_from_flags(argv=None) -> EvalConfig:
-    return config_of(build_parser().parse_args(argv))
+def show_ood_sets(config: EvalConfig) -> None:
+    """--show-ood-sets: the sets present on stdout, one line; a line per absent one on stderr."""
+    names = config.out_datasets or config.dataset.ood_sets
+    present = [n for n in names if ood_available(n, config.data_root)]
+    for name in names:
+        if name not in present:
+            print(f"missing: {missing_ood_message(name, config.data_root)}", file=sys.stderr)
+    print(" ".join(present))
 
 
 def main(argv=None) -> None:
@@ -87,6 +101,9 @@ def main(argv=None) -> None:
     config = config_of(args)
     if args.show_flags:
         print("\n".join(" ".join(flags_of(run.detector)) for run in config.detectors))
+        return
+    if args.show_ood_sets:
+        show_ood_sets(config)
         return
     evaluate(config)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from util.data import ood_dataset_path
+from util.datasets import OOD_SETS
 from util.errors import UserError
 from util.runtime import run_cli
 
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default="datasets", help="dataset root (default: ./datasets)")
     parser.add_argument("--per-digit", default=PER_DIGIT, type=int, help="images per digit (default 1000)")
     args = parser.parse_args(argv)
-    out = ood_dataset_path("SVHN", args.data_root)
+    out = OOD_SETS["SVHN"].expected_path(args.data_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     from torchvision.datasets import SVHN
 

@@ -4,8 +4,8 @@
 --samples random non-negative features (p_w = p_a = 10, tau = 0.8, the ImageNet settings) in
 batches of each --batch-sizes, and so does the plain head W h' + b; the ratio is the cost of
 LINe per batch. The floor is one (N x D) x (D x C) matrix product over all samples at once. The
-first --check rows are compared with the straightforward per-sample formula (numpy, float64,
-numpy.percentile as DESIGN.md defines the masks).
+first --check rows are compared with the straightforward per-sample formula (numpy, float64; the
+masks' thresholds are numpy.percentile, linear interpolation, with ``>``, as in models/route.py).
 
     python benchmarks/bench_line_batches.py                    # 20,000 features, batches 64, 256, 1024
 """

@@ -21,7 +21,8 @@ import torch
 from common import DATA_ROOT, cpu_extractor, densenet, preload, timed
 
 from detectors.statistics import ClassMeanAccumulator, class_mean_contributions, taylor_contributions
-from util.data import balanced_subset, cifar_dataset, dataset_labels, id_transform
+from util.data import balanced_subset, dataset_labels
+from util.datasets import id_dataset, id_transform
 
 
 def original_method(model, x, y):
@@ -43,9 +44,7 @@ def main() -> None:
     parser.add_argument("-b", "--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    train = balanced_subset(
-        cifar_dataset("CIFAR-10", "train", DATA_ROOT, id_transform("CIFAR-10")), args.n, 10
-    )
+    train = balanced_subset(id_dataset("CIFAR-10", "train", DATA_ROOT, id_transform("CIFAR-10")), args.n, 10)
     labels = torch.from_numpy(dataset_labels(train))
     x = preload(train)
     n, n_orig = len(x), min(args.original_n, len(x))

@@ -19,9 +19,10 @@ CHECKPOINT = SHARED / "checkpoints" / "CIFAR-10" / "densenet" / "checkpoint_100.
 
 def cifar10_test_images(n: int):
     """``n`` CIFAR-10 test images (JPEG files) spread over all classes, as a cacheable dataset."""
-    from util.data import cifar_dataset, id_transform, spread_subset
+    from util.data import spread_subset
+    from util.datasets import id_dataset, id_transform
 
-    return spread_subset(cifar_dataset("CIFAR-10", "test", DATA_ROOT, id_transform("CIFAR-10")), n)
+    return spread_subset(id_dataset("CIFAR-10", "test", DATA_ROOT, id_transform("CIFAR-10")), n)
 
 
 def densenet():

@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import get_model  # noqa: E402
-from util.data import balanced_subset, cifar_dataset, dataset_labels, id_transform, load_rgb  # noqa: E402
+from util.data import balanced_subset, dataset_labels, load_rgb  # noqa: E402
+from util.datasets import id_dataset, id_transform  # noqa: E402
 
 VARIANTS = {
     "as given": None,
@@ -54,7 +55,7 @@ def main() -> None:
     from PIL import Image
 
     transform = id_transform("CIFAR-10")
-    test = balanced_subset(cifar_dataset("CIFAR-10", "test", args.data_root, transform), args.n, 10)
+    test = balanced_subset(id_dataset("CIFAR-10", "test", args.data_root, transform), args.n, 10)
     labels = dataset_labels(test)
     files = [test.dataset.files[i] for i in test.indices] if hasattr(test, "indices") else test.files
     images = [load_rgb(f) for f in files]

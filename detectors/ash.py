@@ -20,7 +20,7 @@ import torch
 
 from util.argtypes import open_percentile_arg
 
-from .base import Detector, Param
+from .base import Detector
 
 ASH_DEFAULT_PERCENTILE = {"p": 90.0, "b": 90.0, "s": 95.0}
 
@@ -64,24 +64,32 @@ class ASH(Detector):
 
     name = "ash"
     paper = "Djurisic et al., ICLR 2023"
-    params = (
-        Param(
-            "percentile",
-            ("--ash-percentile",),
-            "ASH pruning percentile p (default: 90 for ash_p and ash_b, 95 for ash_s)",
-            open_percentile_arg,
-        ),
-    )
+    param_help = {"percentile": "pruning percentile p"}
+    param_types = {"percentile": open_percentile_arg}
 
     def __init__(self, variant: str = "s", percentile: float | None = None):
-        if variant not in ASH_DEFAULT_PERCENTILE:
-            raise ValueError(f"ASH variant must be 'p', 'b' or 's', got {variant!r}")
         self.variant = variant
-        self.percentile = ASH_DEFAULT_PERCENTILE[variant] if percentile is None else float(percentile)
+        self.percentile = percentile
+
+    def check_params(self) -> None:
+        if self.variant not in ASH_DEFAULT_PERCENTILE:
+            raise ValueError(f"ASH variant must be 'p', 'b' or 's', got {self.variant!r}")
 
     @classmethod
     def variants(cls) -> dict[str, dict]:
         return {f"ash_{v}": {"variant": v} for v in ASH_DEFAULT_PERCENTILE}
+
+    @classmethod
+    def defaults_for(cls, in_dataset: str, variant: str | None = None) -> dict:
+        """The variant's percentile (ASH_DEFAULT_PERCENTILE), then the papers' parameters."""
+        fixed = cls.variants().get(variant, {})
+        own = {"percentile": ASH_DEFAULT_PERCENTILE[fixed["variant"]]} if fixed else {}
+        return {**own, **super().defaults_for(in_dataset, variant)}
+
+    @property
+    def pruning_percentile(self) -> float:
+        """The percentile applied: ``percentile``, or the variant's default when it is None."""
+        return ASH_DEFAULT_PERCENTILE[self.variant] if self.percentile is None else float(self.percentile)
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
@@ -91,4 +99,4 @@ class ASH(Detector):
         return f"ash_{self.variant}"
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc_(ash(h, self.percentile, self.variant))
+        return self.fc_(ash(h, self.pruning_percentile, self.variant))

@@ -1,8 +1,9 @@
 """The detector protocol, and chunked scoring of feature arrays.
 
-A detector follows scikit-learn's estimator conventions: hyperparameters are set in ``__init__``
-and never changed by ``fit``; ``fit`` takes the classifier's head and exactly the ID training
-statistics its signature names, and stores fitted state in attributes ending in ``_``;
+A detector follows scikit-learn's estimator conventions: ``__init__`` stores its hyperparameters
+and nothing else (``check_params``, called by ``fit``, validates them); ``fit`` takes the
+classifier's head and exactly the ID training statistics its signature names, and stores fitted
+state in attributes ending in ``_``; scoring before ``fit`` raises ``NotFittedError``;
 ``score_batch(h)`` gives (scores, logits) of a batch of penultimate features, higher scores
 meaning more in-distribution.
 
@@ -12,8 +13,11 @@ and the sweep, so that a new detector is one new module plus one registry line:
 - ``name``: the canonical method name, which is also its results folder; ``aliases``: other
   names accepted for it (``taylor`` for ``line``); ``variants()``: further names that fix some
   parameters (``ash_s``, ``line_ac_wp``), and ``run_name()`` gives a configured detector's name.
-- ``paper``: the citation; ``params``: the hyperparameters as ``Param`` specs (option strings,
-  value type, help); ``defaults``: the papers' settings per in-distribution dataset;
+- ``paper``: the citation; ``param_help``: one line per hyperparameter that gets a flag
+  (``param_types``: a value parser where the ``__init__`` annotation is not enough); ``params``,
+  the ``Param`` specs (flag ``--<method>-<param>``, parser, help with each preset's default), is
+  generated from them; ``defaults``: the papers' settings per preset (the dataset specs'
+  ``preset``: CIFAR-10, CIFAR-100, imagenet);
   ``search_space(feature_dim)``: the grid ``sweep.py`` scores; ``fit_params``: the parameters
   the fitted state depends on (a sweep changes the others without refitting).
 - ``kind``: ``"features"`` (scored from cached features) or ``"network"`` (needs the network and
@@ -35,23 +39,105 @@ import torch
 from torch import nn
 
 from models.heads import cpu_copy
+from util.argtypes import parsed_number, positive_int
 from util.io import row_blocks
+
+
+class NotFittedError(RuntimeError):
+    """A detector scored (or its fitted state read) before ``fit``."""
+
+
+def real_number(text: str) -> float:
+    """argparse type: any number (a threshold may be negative for features without a final ReLU)."""
+    return parsed_number(text, float, "a number")
+
+
+# Value parser of a parameter that ``param_types`` leaves out, by its ``__init__`` annotation
+# (``| None`` dropped); a bool parameter is a switch.
+ANNOTATION_TYPES: dict[str, Callable[[str], Any]] = {"int": positive_int, "float": real_number}
+
+
+def init_signature(cls) -> dict[str, inspect.Parameter]:
+    """The hyperparameters of a detector class (its ``__init__`` arguments) by name."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p for p in params if p.kind in kinds and p.name != "self"}
 
 
 def init_params(cls) -> list[str]:
     """Names of the hyperparameters of a detector class: its ``__init__`` arguments."""
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    params = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in params if p.kind in kinds and p.name != "self"]
+    return list(init_signature(cls))
+
+
+def shown_value(value: Any) -> str:
+    """A parameter value as help texts show it: 0.1, none, on, off."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def default_values(cls, name: str) -> str:
+    """``default: 50; imagenet: 1000``: the ``__init__`` default of parameter ``name``, then the
+    value of each preset of ``cls.defaults`` and each variant that differs from it; ``default:
+    90 (ash_p), 95 (ash_s)`` when every variant sets its own."""
+    default = init_signature(cls)[name].default
+    presets = {preset: values[name] for preset, values in cls.defaults.items() if name in values}
+    variants = {v: cls.defaults_for("", v).get(name, default) for v in cls.variants()}
+    if all(v != default for v in variants.values()):
+        return "default: " + ", ".join(f"{shown_value(v)} ({k})" for k, v in variants.items())
+    own = [f"{k}: {shown_value(v)}" for k, v in {**presets, **variants}.items() if v != default]
+    return "; ".join([f"default: {shown_value(default)}", *own])
+
+
+def annotation_name(parameter: inspect.Parameter) -> str:
+    """``int``, ``float``, ``bool``, ``str``...: a parameter's annotation without ``| None`` (the
+    default's type where it has none)."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        return type(parameter.default).__name__
+    if isinstance(annotation, type):
+        return annotation.__name__
+    text = str(annotation).replace("typing.", "").replace(" | None", "").replace("None | ", "")
+    return text.removeprefix("Optional[").removesuffix("]") if text.startswith("Optional[") else text
+
+
+def param_spec(cls, name: str) -> Param:
+    """The command-line spec of parameter ``name``: flag ``--<method>-<param>`` (``--<method>-no-
+    <param>`` for a switch that is on by default), help from ``param_help`` and ``default_values``,
+    value parser from ``param_types`` or the annotation."""
+    parameter = init_signature(cls)[name]
+    annotation = annotation_name(parameter)
+    flag = f"--{cls.name}-{name}".replace("_", "-")
+    described = cls.param_help[name]
+    if annotation == "bool":
+        if parameter.default:
+            flag, described = f"--{cls.name}-no-{name}".replace("_", "-"), f"switch off: {described}"
+        help_text = f"{described} ({default_values(cls, name)})"
+        return Param(name, (flag,), help_text, const=not parameter.default)
+    parser = cls.param_types.get(name) or ANNOTATION_TYPES.get(annotation)
+    if parser is None:
+        raise TypeError(f"{cls.__name__}: give the value parser of {name!r} ({annotation}) in param_types")
+    return Param(name, (flag,), f"{described} ({default_values(cls, name)})", parser)
+
+
+def param_specs(cls) -> tuple[Param, ...]:
+    """The specs of the parameters ``cls.param_help`` describes, in ``__init__`` order."""
+    signature = init_signature(cls)
+    unknown = sorted(set(cls.param_help) - set(signature))
+    if unknown:
+        raise TypeError(f"{cls.__name__}.param_help describes no __init__ argument: {', '.join(unknown)}")
+    return tuple(param_spec(cls, name) for name in signature if name in cls.param_help)
 
 
 @dataclass(frozen=True)
 class Param:
     """A hyperparameter as the command line shows it.
 
-    ``flags``: option strings (the first names it in messages); ``type``: parses one value,
-    raising ``argparse.ArgumentTypeError`` with the reason; ``const``: for a switch (no
-    argument), the value it sets.
+    ``flags``: its generated option string, ``--<method>-<param>`` (``pipeline.flags`` adds the
+    original code's spellings); ``type``: parses one value, raising ``argparse.ArgumentTypeError``
+    with the reason; ``const``: for a switch (no argument), the value it sets.
     """
 
     name: str
@@ -77,9 +163,17 @@ class Detector:
     paper: ClassVar[str] = ""
     kind: ClassVar[str] = "features"
     family: ClassVar[str] = "feature"
-    params: ClassVar[tuple[Param, ...]] = ()
+    param_help: ClassVar[dict[str, str]] = {}  # one line per parameter that has a flag
+    param_types: ClassVar[dict[str, Callable[[str], Any]]] = {}  # value parsers beyond ANNOTATION_TYPES
+    params: ClassVar[tuple[Param, ...]] = ()  # generated from the two above and ``__init__``
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     fit_params: ClassVar[tuple[str, ...] | None] = None  # None: the fitted state depends on all
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "params" in vars(cls):
+            raise TypeError(f"{cls.__name__}: describe the parameters in param_help; params is generated")
+        cls.params = param_specs(cls)
 
     # -- description (class level) -------------------------------------------------------------
     @classmethod
@@ -103,11 +197,30 @@ class Detector:
         return {}
 
     @classmethod
-    def defaults_for(cls, in_dataset: str) -> dict[str, Any]:
-        """The papers' parameters for ``in_dataset`` (empty where they give none)."""
+    def defaults_for(cls, in_dataset: str, variant: str | None = None) -> dict[str, Any]:
+        """The papers' parameters for ``in_dataset`` (empty where they give none) for the method
+        name ``variant`` (one of ``variants()``; ASH's default percentile depends on it)."""
         return dict(cls.defaults.get(in_dataset, {}))
 
     # -- configuration (instance level) --------------------------------------------------------
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def __getattr__(self, name: str):
+        """Called only for a missing attribute: a fitted one (``fc_``, ``route_``) read before
+        ``fit`` is a NotFittedError."""
+        if name.endswith("_") and not name.startswith("_") and not self.is_fitted:
+            raise NotFittedError(f"{self.name} is not fitted: call {self.fit_call()} first")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def fit_call(self) -> str:
+        """How to fit this detector, e.g. ``fit(fc, contributions)``."""
+        return f"fit({', '.join(('fc', *self.needs()))})"
+
+    def check_params(self) -> None:
+        """Raises ValueError on a parameter value the detector cannot take; ``fit`` calls it first."""
+
     def run_name(self) -> str:
         """The method name of this configuration: its results folder and table row."""
         return self.name
@@ -144,6 +257,7 @@ class Detector:
         depends = params if self.fit_params is None else self.fit_params
         changed = [k for k, v in changes.items() if k not in params or params[k] != v]
         if not any(k in depends for k in changed):
+            new.check_params()
             new.__dict__.update({k: v for k, v in vars(self).items() if k.endswith("_")})
         return new
 
@@ -151,6 +265,7 @@ class Detector:
     def fit(self, fc: nn.Linear) -> Detector:
         """Keeps a float32 CPU copy of the head; ``fc`` itself (often on the GPU, inside the model
         that still extracts features) is left where and as it is."""
+        self.check_params()
         self.fc_ = cpu_copy(fc)
         return self
 
@@ -189,12 +304,16 @@ class NetworkDetector(Detector):
     family: ClassVar[str] = "network"
 
     def fit(self, model: nn.Module, input_std) -> NetworkDetector:
+        self.check_params()
         self.model_ = model
         self.input_std_ = tuple(float(s) for s in input_std)
         return self
 
     def needs(self) -> tuple[str, ...]:
         return ()
+
+    def fit_call(self) -> str:
+        return "fit(model, input_std)"
 
     def score_batch(self, h: torch.Tensor):
         raise TypeError(f"{self.name} needs the images, not features: use score_images")

@@ -14,12 +14,11 @@ Where (m, s) come from, ``statistics``:
   the network, while the penultimate features come after the ReLU (and, in ResNets, the residual
   add) and the global pooling; on post-ReLU features the lower bound is often below 0 and inactive.
 - ``"features"``: m and s are the per-dimension mean and standard deviation of the ID training
-  penultimate features. This is what the authors' released code (alibaba/easyrobust,
-  examples/ood_detection/BATS) does: it truncates the features before the head with a stored
-  feature mean and std.
+  penultimate features, as the authors' released code (alibaba/easyrobust,
+  examples/ood_detection/BATS) truncates the features before the head.
 
 Defaults lambda = 3.25 on CIFAR (the released code's CIFAR ResNet-18) and 1.05 on ImageNet (its
-ViT-B/16-384). Neither OpenOOD v1.5 nor pytorch-ood 0.4 ships BATS.
+ViT-B/16-384).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 
 from util.argtypes import name_arg, positive_float
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import mean_and_std
 
 SOURCES = ("batchnorm", "features")
@@ -38,29 +37,22 @@ SOURCES = ("batchnorm", "features")
 class BATS(Detector):
     name = "bats"
     paper = "Zhu et al., NeurIPS 2022"
-    params = (
-        Param(
-            "lam",
-            ("--bats-lambda",),
-            "BATS: truncate to mean +- lambda std (default 3.25 on CIFAR, 1.05 on ImageNet)",
-            positive_float,
-        ),
-        Param(
-            "statistics",
-            ("--bats-statistics",),
-            "BATS: mean and std from the model's last BatchNorm ('batchnorm', default) or from the ID "
-            "training features ('features', the authors' released code)",
-            name_arg(SOURCES, "BATS statistics"),
-        ),
-    )
+    param_help = {
+        "lam": "truncate features to mean +- lambda std",
+        "statistics": "mean and std from the model's last BatchNorm ('batchnorm') or from the ID training "
+        "features ('features', the authors' released code)",
+    }
+    param_types = {"lam": positive_float, "statistics": name_arg(SOURCES, "BATS statistics")}
     defaults = {"CIFAR-10": {"lam": 3.25}, "CIFAR-100": {"lam": 3.25}, "imagenet": {"lam": 1.05}}
     fit_params = ("statistics",)
 
     def __init__(self, lam: float = 1.05, statistics: str = "batchnorm"):
-        if statistics not in SOURCES:
-            raise ValueError(f"BATS statistics must be one of {', '.join(SOURCES)}, got {statistics!r}")
-        self.lam = float(lam)
+        self.lam = lam
         self.statistics = statistics
+
+    def check_params(self) -> None:
+        if self.statistics not in SOURCES:
+            raise ValueError(f"BATS statistics must be one of {', '.join(SOURCES)}, got {self.statistics!r}")
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
@@ -91,5 +83,5 @@ class BATS(Detector):
         return self
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        half = self.lam * self.spread_
+        half = float(self.lam) * self.spread_
         return self.fc_(torch.maximum(torch.minimum(h, self.centre_ + half), self.centre_ - half))

@@ -2,43 +2,30 @@
 Detection via Class-Aware Decoupled Relative Feature Leveraging", CVPR 2025, arXiv:2503.00325).
 
 Class-aware average features: m_k = mean of the ID training features h_i whose *predicted* class
-argmax_c (W h_i + b)_c is k (the official code, utils/get_stat.py, groups the training features
-by the model's prediction, not by the label). A test feature h with logits z = W h + b and
-predicted class k = argmax z has the relative feature d = h - m_k.
+argmax_c (W h_i + b)_c is k (grouped by prediction, not by label, as the authors' code does). A
+test feature h with logits z = W h + b and predicted class k = argmax z has the relative feature
+d = h - m_k.
 
-- CARef: score = -||d||_1 / ||h||_1, the negated relative L1 error (official ood_methods/CARef.py).
-- CADRef: d is decoupled by the sign alignment of d_j with the predicted class's weight W_kj
-  (official ood_methods/CADRef.py; the abstract's "alignment of signs between the relative feature
-  and corresponding model weights"): with s_j = sign(W_kj),
-  E+ = sum_j max(s_j d_j, 0) / ||h||_1 (deviations that raise the predicted logit) and
-  E- = sum_j max(-s_j d_j, 0) / ||h||_1 (deviations that lower it); E+ + E- is CARef's error
-  except on dimensions with W_kj = 0. Score = -(E+ / S(z) + E- / S_train), where S is a logit-based
-  score and S_train its mean over all ID training samples. S is Energy (logsumexp z) by default,
-  the official code's default (``--logit_method Energy``); MaxLogit (max z), MSP (max softmax) and
-  GEN are its other choices (``logit_score``), GEN as that code defines it: with p the softmax and
-  M = max(C // 10, 10) (all classes if C < M), S = 1 / sum over the M largest p of p^0.1 (1 - p)^0.1.
-  Neither method has a hyperparameter in the paper beyond this choice of S.
+- CARef: score = -||d||_1 / ||h||_1, the negated relative L1 error.
+- CADRef: d is decoupled by the sign alignment of d_j with the predicted class's weight W_kj:
+  with s_j = sign(W_kj), E+ = sum_j max(s_j d_j, 0) / ||h||_1 (deviations that raise the
+  predicted logit) and E- = sum_j max(-s_j d_j, 0) / ||h||_1 (deviations that lower it).
+  Score = -(E+ / S(z) + E- / S_train), where S is a logit-based score and S_train its mean over
+  all ID training samples. S (``logit_score``) is Energy (logsumexp z) by default, the authors'
+  default; MaxLogit (max z), MSP (max softmax) and GEN are their other choices, GEN as their code
+  defines it: with p the softmax and M = max(C // 10, 10) (all classes if C < M),
+  S = 1 / sum over the M largest p of p^0.1 (1 - p)^0.1. If S(z) <= 0 the division flips the
+  sign of E+'s term; that is kept.
+Neither method has a hyperparameter beyond this choice of S. The definitions follow the authors'
+code. A class that no training sample is predicted as takes the mean of the training features
+*labelled* with it (``unpredicted_classes_`` counts them; fit fails for a class with neither).
 
-Equal to the official code per image (it negates the error exactly as here), except: (1) it
-computes in float32 on the GPU, here logits, errors and scores are all float64; (2) a class that
-no training sample is predicted as has no mean there (its ``torch.stack`` fails); here its mean
-falls back to the mean of the training features *labelled* with that class
-(``unpredicted_classes_`` counts them; fit fails only for a class with neither); (3) ||h||_1 is
-clamped below at 1e-12, which only changes an all-zero feature (official: inf or NaN, which the
-metrics reject; here a finite score: very low for CARef; for CADRef E+ is then of order 1e12 and
-divided by S at h = 0, so very low when S > 0 there but very high when S < 0). The paper's text
-beyond its abstract was not available when this was written: the definitions follow the authors'
-code. OpenOOD v1.5 and
-pytorch-ood 0.4 do not implement these methods. If S(z) <= 0 (Energy or MaxLogit of a sample
-with all-negative logits) the division flips the sign of E+'s term, as in the official code;
-that is kept.
-
-Numerical choices: the logits W h + b are computed in float64 (at fit and at scoring; the
-predicted class k, also the returned prediction, is their argmax), because E+ / S(z) amplifies
-float32 rounding of the logits where S(z) is small, which made scores depend on the batch
-(BLAS blocking) at the 1e-5 level. Class sums and the training mean of S are accumulated in
-float64 over row blocks (memory-mapped training features are never copied whole), in one pass
-that also takes the means of all four S, so changing ``logit_score`` needs no refit.
+Numerical choices: the logits W h + b are computed in float64 (at fit and at scoring; k, also the
+returned prediction, is their argmax), because E+ / S(z) amplifies float32 rounding of the
+logits where S(z) is small, which made scores depend on the batch (BLAS blocking) at the 1e-5
+level. ||h||_1 is clamped below at 1e-12 (this only changes an all-zero feature). Class sums and
+the training mean of S are accumulated in float64 over row blocks, in one pass that also takes
+the means of all four S, so changing ``logit_score`` needs no refit.
 """
 
 from __future__ import annotations
@@ -49,7 +36,7 @@ import torch
 from util.argtypes import name_arg
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 
 EPS = 1e-12  # lower bound of ||h||_1: only an all-zero feature reaches it
 GEN_GAMMA = 0.1  # the official code's GEN gamma
@@ -160,23 +147,21 @@ class CADRef(CARef):
 
     name = "cadref"
     paper = "Ling et al., CVPR 2025"
-    params = (
-        Param(
-            "logit_score",
-            ("--cadref-logit-score",),
-            "CADRef logit-based score S scaling the errors: energy (default, the authors' code), maxlogit, "
-            "msp or gen",
-            name_arg(LOGIT_SCORES, "CADRef logit score"),
-        ),
-    )
+    param_help = {
+        "logit_score": "logit-based score S scaling the errors: energy (the authors' code), maxlogit, msp "
+        "or gen"
+    }
+    param_types = {"logit_score": name_arg(LOGIT_SCORES, "CADRef logit score")}
     fit_params = ()  # fit takes the training means of every S, so any logit_score shares one fit
 
     def __init__(self, logit_score: str = "energy"):
-        if logit_score not in LOGIT_SCORES:
-            raise ValueError(
-                f"unknown CADRef logit score {logit_score!r}: choose from {', '.join(LOGIT_SCORES)}"
-            )
         self.logit_score = logit_score
+
+    def check_params(self) -> None:
+        if self.logit_score not in LOGIT_SCORES:
+            raise ValueError(
+                f"unknown CADRef logit score {self.logit_score!r}: choose from {', '.join(LOGIT_SCORES)}"
+            )
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
@@ -187,7 +172,7 @@ class CADRef(CARef):
 
     def fitted_values(self) -> dict:
         values = super().fitted_values()
-        if hasattr(self, "train_logit_scores_"):
+        if "train_logit_scores_" in vars(self):
             values["train_logit_score_mean"] = self.train_logit_scores_[self.logit_score]
         return values
 

@@ -11,24 +11,21 @@ from __future__ import annotations
 import torch
 
 from models.route import RouteDICE
-from util.argtypes import percentile_arg
+from util.argtypes import nonnegative_float, percentile_arg
 
-from .base import Detector, Param
-from .react import CLIP_THRESHOLD, clip
+from .base import Detector
+from .react import clip
 
 
 class DICE(Detector):
     name = "dice"
     paper = "Sun & Li, ECCV 2022"
-    params = (
-        Param(
-            "p",
-            ("--p",),
-            "DICE sparsity percentile p (default: the paper's, 90 on CIFAR, 70 on ImageNet)",
-            percentile_arg,
-        ),
-        CLIP_THRESHOLD,
-    )
+    param_help = {
+        "p": "sparsity percentile p: keep the weights whose contribution m * W is above it",
+        "clip_threshold": "activation clipping threshold tau, h' = min(h, tau), for DICE+ReAct (none: no "
+        "clipping)",
+    }
+    param_types = {"p": percentile_arg, "clip_threshold": nonnegative_float}
     defaults = {"imagenet": {"p": 70.0}}
     fit_params = ("p",)
 

@@ -4,13 +4,8 @@ Out-of-Distribution Detector", ICML 2024).
 For the predicted class yhat = argmax z, z = W h + b, the distance of h to the decision boundary
 between yhat and class c in feature space is |z_yhat - z_c| / ||w_yhat - w_c||. Score = the mean of
 these distances over the C - 1 other classes, divided by ||h - mu|| with mu the mean ID training
-feature (the paper's regulariser; ``normalizer="norm"`` divides by ||h|| instead, the alternative
-OpenOOD v1.5 sweeps).
-
-OpenOOD v1.5's ``fdbd`` postprocessor sums over all C classes (the predicted one adds 0) instead
-of averaging over C - 1: its scores are ours times the constant C - 1, per image. pytorch-ood
-0.4's ``fDBD`` averages over C - 1 as here (negated; 3e-7 relative on the cached CIFAR-10
-features, ``benchmarks/compare_pytorch_ood.py``). Weight-row distances are computed in float64.
+feature (the paper's regulariser; ``normalizer="norm"`` divides by ||h|| instead). The
+weight-row distances ||w_yhat - w_c|| are computed in float64.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ import torch
 
 from util.argtypes import name_arg
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import mean_feature
 
 NORMALIZERS = ("distance", "norm")
@@ -28,20 +23,18 @@ NORMALIZERS = ("distance", "norm")
 class FDBD(Detector):
     name = "fdbd"
     paper = "Liu & Qin, ICML 2024"
-    params = (
-        Param(
-            "normalizer",
-            ("--fdbd-normalizer",),
-            "fDBD: divide by ||h - training mean|| ('distance', the paper's, default) or ||h|| ('norm')",
-            name_arg(NORMALIZERS, "fDBD normalizer"),
-        ),
-    )
+    param_help = {"normalizer": "divide by ||h - training mean|| ('distance', the paper's) or ||h|| ('norm')"}
+    param_types = {"normalizer": name_arg(NORMALIZERS, "fDBD normalizer")}
     fit_params = ()
 
     def __init__(self, normalizer: str = "distance"):
-        if normalizer not in NORMALIZERS:
-            raise ValueError(f"fDBD normalizer must be one of {', '.join(NORMALIZERS)}, got {normalizer!r}")
         self.normalizer = normalizer
+
+    def check_params(self) -> None:
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(
+                f"fDBD normalizer must be one of {', '.join(NORMALIZERS)}, got {self.normalizer!r}"
+            )
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:

@@ -21,20 +21,17 @@ import torch.nn.functional as F
 
 from util.argtypes import positive_float
 
-from .base import Detector, Param
+from .base import Detector
 
 
 class GradNorm(Detector):
     name = "gradnorm"
     paper = "Huang et al., NeurIPS 2021"
-    params = (
-        Param(
-            "temperature", ("--gradnorm-temperature",), "GradNorm temperature T (default 1)", positive_float
-        ),
-    )
+    param_help = {"temperature": "temperature T of the softmax"}
+    param_types = {"temperature": positive_float}
 
     def __init__(self, temperature: float = 1.0):
-        self.temperature = float(temperature)
+        self.temperature = temperature
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
@@ -45,8 +42,9 @@ class GradNorm(Detector):
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.logits(h)
-        p = torch.softmax(z.double() / self.temperature, dim=1)
-        g = (p - 1.0 / z.shape[1]).abs().sum(dim=1) / self.temperature
+        temperature = float(self.temperature)
+        p = torch.softmax(z.double() / temperature, dim=1)
+        g = (p - 1.0 / z.shape[1]).abs().sum(dim=1) / temperature
         return h.double().abs().sum(dim=1) * g, z
 
 

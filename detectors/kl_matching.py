@@ -3,15 +3,11 @@ Out-of-Distribution Detection for Real-World Settings", ICML 2022).
 
 Templates: d_c = the mean softmax posterior of the ID images the classifier predicts as class c.
 Score = -min_c KL(p || d_c) with p = softmax(W h + b) and KL(p || q) = sum_k p_k log(p_k / q_k).
-A class that no ID image is predicted as gets the one-hot template e_c (as OpenOOD v1.5 does).
+A class that no ID image is predicted as gets the one-hot template e_c.
 
 Which ID images: the ID training set here (the cached training features, the statistics every
-fit reads); the paper and OpenOOD v1.5's ``klm`` postprocessor use held-out validation images, on
-which the network is less confident, so their templates are flatter. With the same images the
-two agree per image (OpenOOD computes KL with scipy.stats.entropy on float32 softmax; here
-everything is float64). pytorch-ood 0.4's ``KLMatching`` (fitted on logits, negated) keeps only
-the classes predicted at least once instead of one-hot templates; on the cached CIFAR-10
-features it agrees with ours to 3e-7 relative (``benchmarks/compare_pytorch_ood.py``).
+fit reads); the paper uses held-out validation images, on which the network is less confident,
+so its templates are flatter. Softmax, templates and KL are computed in float64.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 Neighbors", ICML 2022).
 
 z = h / (||h||_2 + 1e-10) for test and ID training features alike; score = -||z - z_(k)||_2,
-the negated Euclidean distance to the k-th nearest normalised training feature. (The authors'
-faiss code returns squared distances; squaring is monotone, so every metric is the same.)
+the negated Euclidean distance to the k-th nearest normalised training feature.
 Paper settings: CIFAR k = 50 with all training images; ImageNet k = 1000 with a random 1%
 (``fraction``, the default on ImageNet). Distances come from ||z - t||^2 = 2 - 2 z.t (unit
 vectors), in blocks of ``block`` test rows so the (block, N) similarity matrix stays small.
@@ -22,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.argtypes import fraction_arg, positive_int
+from util.argtypes import fraction_arg
 from util.io import row_blocks, take_rows
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import seeded_rows
 
 MAX_BANK_BYTES = 1 << 30  # larger training banks are streamed from their file
@@ -48,28 +47,25 @@ def row_norms(features, chunk: int = BANK_ROWS) -> np.ndarray:
 class KNN(Detector):
     name = "knn"
     paper = "Sun et al., ICML 2022"
-    params = (
-        Param("k", ("--knn-k",), "KNN k (default: 50 on CIFAR, 1000 on ImageNet)", positive_int),
-        Param(
-            "fraction",
-            ("--knn-fraction",),
-            "KNN: share of training features used, a seeded random subset (default: 1 on CIFAR, the paper's "
-            "0.01 on ImageNet)",
-            fraction_arg,
-        ),
-    )
+    param_help = {
+        "k": "number of nearest neighbours: the score is the distance to the k-th",
+        "fraction": "share of training features used, a seeded random subset",
+    }
+    param_types = {"fraction": fraction_arg}
     defaults = {"imagenet": {"k": 1000, "fraction": 0.01}}
     fit_params = ("fraction", "seed")
 
     def __init__(self, k: int = 50, fraction: float = 1.0, seed: int = 0, block: int = 1024):
-        if k < 1:
-            raise ValueError(f"KNN k must be >= 1, got {k}")
-        if not 0 < fraction <= 1:
-            raise ValueError(f"KNN fraction of training data must be in (0, 1], got {fraction}")
-        self.k = int(k)
-        self.fraction = float(fraction)
+        self.k = k
+        self.fraction = fraction
         self.seed = seed
         self.block = block
+
+    def check_params(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"KNN k must be >= 1, got {self.k}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"KNN fraction of training data must be in (0, 1], got {self.fraction}")
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
@@ -79,7 +75,7 @@ class KNN(Detector):
         super().fit(fc)
         features = train_features
         n = len(features)
-        keep = seeded_rows(n, self.fraction, self.seed)
+        keep = seeded_rows(n, float(self.fraction), self.seed)
         if keep is not None:
             features = take_rows(features, keep)  # a memory-mapped file is read, not mapped in
         if len(features) < self.k:
@@ -102,19 +98,20 @@ class KNN(Detector):
         out = []
         for start in range(0, len(z), self.block):
             sim = z[start : start + self.block] @ self.bank_.T
-            kth = torch.topk(sim, self.k, dim=1).values[:, -1].double()
+            kth = torch.topk(sim, int(self.k), dim=1).values[:, -1].double()
             out.append(-torch.sqrt((2 - 2 * kth).clamp(min=0)))
         scores = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
         return scores, self.logits(h)
 
     def _kth_similarity_streamed(self, z: torch.Tensor) -> torch.Tensor:
         """k-th largest z.t over the streamed bank: one pass over its file, a running top-k."""
-        best = torch.full((len(z), self.k), -torch.inf)
+        k = int(self.k)
+        best = torch.full((len(z), k), -torch.inf)
         start = 0
         for block in row_blocks(self.bank_, BANK_ROWS):
             bank = torch.from_numpy(block.astype(np.float32, copy=False))
             bank /= torch.from_numpy(self.bank_norm_[start : start + len(block)])[:, None]
             start += len(block)
             sim = z @ bank.T
-            best = torch.topk(torch.cat([best, sim], dim=1), self.k, dim=1, sorted=False).values
+            best = torch.topk(torch.cat([best, sim], dim=1), k, dim=1, sorted=False).values
         return best.min(dim=1).values

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from models.route import RouteLINe
-from util.argtypes import percentile_arg
+from util.argtypes import nonnegative_float, percentile_arg
 
-from .base import Detector, Param
-from .react import CLIP_THRESHOLD
+from .base import Detector
 
 PARTS = ("ac", "ap", "wp")
 
@@ -58,25 +57,15 @@ class LINe(Detector):
     name = "line"
     aliases = ("taylor",)
     paper = "Ahn et al., CVPR 2023"
-    params = (
-        Param(
-            "p_w",
-            ("--p-w",),
-            "LINe weight-pruning percentile (default: the paper's, 90 on CIFAR, 10 on ImageNet)",
-            percentile_arg,
-        ),
-        Param(
-            "p_a",
-            ("--p-a",),
-            "LINe activation-pruning percentile (default: the paper's, 90 CIFAR-10, 10 CIFAR-100 and "
-            "ImageNet)",
-            percentile_arg,
-        ),
-        CLIP_THRESHOLD,
-        Param("activation_clipping", ("--no-clip",), "LINe without activation clipping (AC)", const=False),
-        Param("activation_pruning", ("--no-ap",), "LINe without activation pruning (AP)", const=False),
-        Param("weight_pruning", ("--no-wp",), "LINe without weight pruning (WP)", const=False),
-    )
+    param_help = {
+        "p_w": "weight-pruning (WP) percentile p_w",
+        "p_a": "activation-pruning (AP) percentile p_a",
+        "clip_threshold": "activation clipping threshold tau, h' = min(h, tau)",
+        "activation_clipping": "activation clipping (AC)",
+        "activation_pruning": "activation pruning (AP)",
+        "weight_pruning": "weight pruning (WP)",
+    }
+    param_types = {"p_w": percentile_arg, "p_a": percentile_arg, "clip_threshold": nonnegative_float}
     defaults = {
         "CIFAR-10": {"p_w": 90.0, "p_a": 90.0, "clip_threshold": 1.0},
         "CIFAR-100": {"p_w": 90.0, "p_a": 10.0, "clip_threshold": 1.0},

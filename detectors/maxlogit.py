@@ -1,9 +1,7 @@
 """MaxLogit (Hendrycks, Basart, Mazeika, Zou, Kwon, Mostajabi, Steinhardt & Song, "Scaling
 Out-of-Distribution Detection for Real-World Settings", ICML 2022).
 
-Score = max_c z_c with z = W h + b: the largest logit, unnormalised (no softmax). Equals
-OpenOOD v1.5's ``mls`` postprocessor per image; pytorch-ood's ``MaxLogit`` returns -max_c z_c
-(outlier score, the opposite sign).
+Score = max_c z_c with z = W h + b: the largest logit, unnormalised (no softmax), returned as float64.
 """
 
 from __future__ import annotations

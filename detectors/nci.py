@@ -14,24 +14,13 @@ origin than OOD features. Predictions (ID accuracy) are the argmax of W h + b.
 
 alpha: the authors choose it per benchmark with OpenOOD's automatic parameter search (ID and
 OOD validation sets) from {1e-4, 1e-3, 1e-2, 1e-1} (``configs/postprocessors/nci.yml``, whose
-default, 1e-4, is the default here). The per-dataset values the paper's searches selected
-could not be read from any stored source, so no per-dataset defaults are set; ``sweep.py``
-searches the grid. The right alpha scales with 1 / ||h||_1, i.e. with the feature dimension and
-the activation level of the network.
+default, 1e-4, is the default here). No per-dataset values are set; ``sweep.py`` searches the
+grid. The right alpha scales with 1 / ||h||_1, i.e. with the feature dimension and the
+activation level of the network.
 
-Reference implementations, per image:
-- Official code (github.com/litianliu/NCI-OOD, identical to the ``nci_postprocessor.py`` that
-  OpenOOD's main branch added in 2025, after v1.5): the formula above, with mu the float32 numpy
-  mean of the training features, c the argmax of the network output (bias included), w_c the raw
-  fc weight row and ``torch.norm(h, p=1)``. Ours is the same function; mu is the float64 mean of
-  the ID training features, which differs from theirs by float32 rounding only; c is taken from
-  float64 logits, so that a near-tie cannot flip with the batch size.
-- pytorch-ood 0.4 (``detector/nci.py``): the same score negated (outlier score), with alpha <= 0
-  dropping the norm term (the same as alpha = 0 here). Checked against this module on random
-  features (D = 342): the same scores up to float32 rounding.
-
-Numerical choices: the score is computed in float64. A feature exactly at the mean
-(||h - mu|| = 0, where the official code gives 0 / 0 = NaN) gets pScore = 0.
+Numerical choices: the score is computed in float64; mu is the float64 mean of the ID training
+features; c is taken from float64 logits, so that a near-tie cannot flip with the batch size. A
+feature exactly at the mean (||h - mu|| = 0) gets pScore = 0.
 """
 
 from __future__ import annotations
@@ -40,7 +29,7 @@ import torch
 
 from util.argtypes import nonnegative_float
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import mean_feature
 
 
@@ -49,21 +38,19 @@ class NCI(Detector):
 
     name = "nci"
     paper = "Liu & Qin, CVPR 2025"
-    params = (
-        Param(
-            "alpha",
-            ("--nci-alpha",),
-            "NCI weight of the L1 feature norm (default 1e-4, the authors' config; they tune it per "
-            "benchmark from 1e-4, 1e-3, 1e-2, 1e-1)",
-            nonnegative_float,
-        ),
-    )
+    param_help = {
+        "alpha": "weight of the L1 feature norm (the default is the authors' config; they tune it per "
+        "benchmark from 1e-4, 1e-3, 1e-2, 1e-1)"
+    }
+    param_types = {"alpha": nonnegative_float}
     fit_params = ()  # the fit (the training mean) does not depend on alpha
 
     def __init__(self, alpha: float = 1e-4):
-        if not alpha >= 0:
-            raise ValueError(f"NCI alpha must be >= 0, got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = alpha
+
+    def check_params(self) -> None:
+        if not self.alpha >= 0:
+            raise ValueError(f"NCI alpha must be >= 0, got {self.alpha}")
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
@@ -96,4 +83,4 @@ class NCI(Detector):
         along = (self.weight_[pred] * centred).sum(dim=1)
         norm = torch.linalg.vector_norm(centred, dim=1)
         proximity = torch.where(norm > 0, along / torch.where(norm > 0, norm, 1.0), 0.0)
-        return proximity + self.alpha * h64.abs().sum(dim=1), z
+        return proximity + float(self.alpha) * h64.abs().sum(dim=1), z

@@ -9,11 +9,9 @@ score = ||P x|| / ||x||: under neural collapse ID features lie in the span of th
 OOD features mostly outside it. ``maxlogit=True`` multiplies the score by max_c z_c, which the
 authors do for their vision transformers (not for ResNets).
 
-The authors' code (sklearn StandardScaler + PCA, centred by the PCA mean of the standardised
-training features, which is 0 up to rounding) gives the same per-image scores. Default ``dim``:
-the paper tunes it per model and gives no rule; C - 1, the dimension of the simplex ETF of the C
-class means that neural collapse predicts, is used here (``None``; at most D). Covariance and
-eigendecomposition in float64. Neither OpenOOD v1.5 nor pytorch-ood 0.4 ships NECO.
+Default ``dim``: the paper tunes it per model and gives no rule; C - 1, the dimension of the
+simplex ETF of the C class means that neural collapse predicts, is used here (``None``; at most
+D). Covariance and eigendecomposition in float64.
 """
 
 from __future__ import annotations
@@ -21,35 +19,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.argtypes import positive_int
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import mean_and_std
 
 
 class NECO(Detector):
     name = "neco"
     paper = "Ammar et al., ICLR 2024"
-    params = (
-        Param(
-            "dim",
-            ("--neco-dim",),
-            "NECO: principal dimensions kept (default: C - 1, the class-mean simplex)",
-            positive_int,
-        ),
-        Param(
-            "maxlogit",
-            ("--neco-maxlogit",),
-            "NECO: multiply by the max logit (the authors' ViT setting)",
-            const=True,
-        ),
-    )
+    param_help = {
+        "dim": "principal dimensions kept (none: C - 1, the class-mean simplex)",
+        "maxlogit": "multiply the score by the max logit (the authors' ViT setting)",
+    }
     fit_params = ()
 
     def __init__(self, dim: int | None = None, maxlogit: bool = False):
         self.dim = dim
-        self.maxlogit = bool(maxlogit)
+        self.maxlogit = maxlogit
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:

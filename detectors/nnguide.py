@@ -8,11 +8,7 @@ confidence guided by how typical of confident training features h is.
 
 Defaults k = 10 with a random 1% of the training set as the bank (``fraction`` 0.01): the authors'
 code (roomo7time/nnguide: ``knn_k: 10``, a random 1% bank; their ImageNet ResNet-50 is also
-ReAct-clipped, not done here). OpenOOD v1.5's ``nnguide`` uses k = 100 and alpha = 0.01, its bank
-being the first batches of its training loader (file order for CIFAR, shuffled for ImageNet);
-its normaliser adds 1e-10 to every normalised entry. pytorch-ood 0.4's ``NNGuide`` (k = 10, every
-fitted row in the bank, negated) equals ours with ``fraction`` 1 to 1.5e-7 relative on the cached
-CIFAR-10 features (``benchmarks/compare_pytorch_ood.py``).
+ReAct-clipped, not done here).
 
 Memory: the bank is held as float32 (normalised and scaled in blocks); a bank over 4 GiB is
 refused with the fraction that fits. k must not exceed the bank's rows.
@@ -23,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.argtypes import fraction_arg, positive_int
+from util.argtypes import fraction_arg
 from util.io import take_rows
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import seeded_rows
 
 MAX_BANK_BYTES = 4 << 30
@@ -39,20 +35,16 @@ def unit_rows(h: torch.Tensor) -> torch.Tensor:
 class NNGuide(Detector):
     name = "nnguide"
     paper = "Park et al., ICCV 2023"
-    params = (
-        Param("k", ("--nnguide-k",), "NNGuide: neighbours averaged (default 10)", positive_int),
-        Param(
-            "fraction",
-            ("--nnguide-fraction",),
-            "NNGuide: share of training features in the bank, a seeded random subset (default 0.01)",
-            fraction_arg,
-        ),
-    )
+    param_help = {
+        "k": "number of nearest neighbours averaged",
+        "fraction": "share of training features in the bank, a seeded random subset",
+    }
+    param_types = {"fraction": fraction_arg}
     fit_params = ("fraction", "seed")
 
     def __init__(self, k: int = 10, fraction: float = 0.01, seed: int = 0, block: int = 1024):
-        self.k = int(k)
-        self.fraction = float(fraction)
+        self.k = k
+        self.fraction = fraction
         self.seed = seed
         self.block = block
 
@@ -64,7 +56,7 @@ class NNGuide(Detector):
     def fit(self, fc, train_features) -> NNGuide:
         super().fit(fc)
         n = len(train_features)
-        keep = seeded_rows(n, self.fraction, self.seed)
+        keep = seeded_rows(n, float(self.fraction), self.seed)
         count = n if keep is None else len(keep)
         row_bytes = train_features.shape[1] * 4
         if count * row_bytes > MAX_BANK_BYTES:
@@ -92,5 +84,5 @@ class NNGuide(Detector):
         guide = [torch.zeros(0, dtype=torch.float64)]
         for start in range(0, len(q), self.block):
             sim = q[start : start + self.block] @ self.bank_.T
-            guide.append(torch.topk(sim, self.k, dim=1).values.double().mean(dim=1))
+            guide.append(torch.topk(sim, int(self.k), dim=1).values.double().mean(dim=1))
         return torch.logsumexp(z.double(), dim=1) * torch.cat(guide), z

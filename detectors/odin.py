@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from util.argtypes import nonnegative_float, positive_float
 
-from .base import NetworkDetector, Param
+from .base import NetworkDetector
 
 
 def odin_scores(
@@ -40,12 +40,8 @@ def odin_scores(
 class ODIN(NetworkDetector):
     name = "odin"
     paper = "Liang et al., ICLR 2018"
-    params = (
-        Param("temperature", ("--temperature",), "ODIN temperature T (default 1000)", positive_float),
-        Param(
-            "noise", ("--noise",), "ODIN input perturbation magnitude eps (default 0.0014)", nonnegative_float
-        ),
-    )
+    param_help = {"temperature": "temperature T of the softmax", "noise": "input perturbation magnitude eps"}
+    param_types = {"temperature": positive_float, "noise": nonnegative_float}
 
     def __init__(self, temperature: float = 1000.0, noise: float = 0.0014):
         self.temperature = temperature

@@ -11,31 +11,22 @@ ending at hi exactly). Each activation is scaled by its interval's weight,
 and the score is the max logit of the shaped features for the class predicted from the unshaped
 ones, without the bias: s = sum_j W[c^, j] h'_j with c^ = argmax(W h + b) (``score="maxlogit"``,
 the authors' default "vanilla" score, "Ours (V)"); ``score="energy"`` is their energy variant,
-logsumexp(W h' + b). Predictions (ID accuracy) are those of the unshaped logits W h + b in both
-cases, as in the authors' code.
+logsumexp(W h' + b). Predictions (ID accuracy) are those of W h + b in both cases.
 
 The weights are the paper's closed form without OOD data (the max-logit score is linear in
 theta, so its expected ID value under a norm bound on theta is maximised by the direction of the
-mean below; the formula is read from the authors' code, the paper's text was not available here):
-theta is proportional to the mean over the ID training set of the predicted class's contribution
-inside each interval,
+mean below), computed as the authors' code does:
 
     I_k = (1/N) sum_i sum_j 1[h_ij in I_k] W[c^_i, j] h_ij,    theta = 1000 * I / ||I||_2,
 
-c^_i the prediction on training sample i (not its label), as the authors' code does. The scale
-1000 is theirs; it does not change the max-logit ranking but does change the energy score. lo and
-hi are numpy.percentile of the float64 values, computed exactly by the streaming
-``models.exact_percentile.array_percentile``; I is accumulated in float64 over row blocks of the
-(memory-mapped) features. The model predictions use the float32 head, the sums float64. The fit
-reads the features five times (four percentile passes, one accumulation pass).
+c^_i the prediction on training sample i (not its label). The scale 1000 is the authors'; it
+does not change the max-logit ranking but does change the energy score.
 
-Per image this equals the authors' code (``detector/ours.py``, use_ood_score vanilla / energy)
-up to float rounding, apart from two edge details: their intervals are ``np.arange(lo, hi, w)``
-with right ends x + w computed separately, so in float arithmetic neighbouring intervals can
-overlap or leave a gap of one rounding step and arange can yield a 101st interval; here the K
-intervals partition [lo, hi) exactly. Their percentiles come from np.quantile of the float32
-features. Their optional dynamic-weight refinement (appendix, off by default) is not implemented.
-Neither OpenOOD (v1.5 or main) nor pytorch-ood implements OptFS.
+Numerical choices: lo and hi are numpy.percentile of the float64 values, computed exactly by the
+streaming ``models.exact_percentile.array_percentile``; I is accumulated in float64 over row
+blocks of the (memory-mapped) features; the predictions use the float32 head. The fit reads the
+features five times (four percentile passes, one accumulation pass). The K intervals partition
+[lo, hi) exactly. The optional dynamic-weight refinement (appendix) is not implemented.
 """
 
 from __future__ import annotations
@@ -44,10 +35,10 @@ import numpy as np
 import torch
 
 from models.exact_percentile import array_percentile
-from util.argtypes import name_arg, positive_int
+from util.argtypes import name_arg
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 
 LOWER_PERCENTILE = 0.1  # np.quantile(features, 1e-3) in the authors' code
 UPPER_PERCENTILE = 99.9
@@ -61,29 +52,22 @@ class OptFS(Detector):
 
     name = "optfs"
     paper = "Zhao et al., ICLR 2024"
-    params = (
-        Param(
-            "intervals",
-            ("--optfs-intervals",),
-            "OptFS: number of equal-width intervals between the 0.1th and 99.9th percentiles of the "
-            "ID training activations (default 100)",
-            positive_int,
-        ),
-        Param(
-            "score",
-            ("--optfs-score",),
-            "OptFS score of the shaped features: maxlogit (default, the predicted class's logit "
-            "without bias) or energy",
-            name_arg(SCORES, "OptFS score"),
-        ),
-    )
+    param_help = {
+        "intervals": "number of equal-width intervals between the 0.1th and 99.9th percentiles of the ID "
+        "training activations",
+        "score": "score of the shaped features: maxlogit (the predicted class's logit without bias) or "
+        "energy",
+    }
+    param_types = {"score": name_arg(SCORES, "OptFS score")}
     fit_params = ("intervals",)
 
     def __init__(self, intervals: int = 100, score: str = "maxlogit"):
-        if score not in SCORES:
-            raise ValueError(f"OptFS score must be one of {', '.join(SCORES)}, got {score!r}")
         self.intervals = intervals
         self.score = score
+
+    def check_params(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"OptFS score must be one of {', '.join(SCORES)}, got {self.score!r}")
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:

@@ -1,58 +1,33 @@
 """RankFeat (Song, Sebe & Wang, "RankFeat: Rank-1 Feature Removal for Out-of-distribution
-Detection", NeurIPS 2022).
+Detection", NeurIPS 2022). A network-level detector: it runs the network on the images.
 
 Per image, X is the feature map of the network's last block reshaped to (C, HW). RankFeat removes
-its rank-1 component,
+its rank-1 component, X' = X - s1 u1 v1^T (s1 the largest singular value of X, u1 and v1 its
+singular vectors), runs the rest of the network (final norm and activation, global pooling, head)
+on X' to get logits z', and scores with the Energy, score = logsumexp_c z'_c (temperature 1, the
+paper's default). There is nothing to fit and no hyperparameter to tune. The logits returned (ID
+accuracy) are the network's own, from one more plain forward pass: z' classifies badly.
 
-    X' = X - s1 u1 v1^T    (s1 the largest singular value of X, u1 and v1 its singular vectors),
+The removal point, per model (the authors' code takes the output of the backbone's last block
+and lets the network's own head, normalisation included, follow):
+- torchvision ResNets (ResNet-50): the output of ``layer4``.
+- BiT ResNet-v2 (models/resnetv2.py): the output of ``body``, before the final GroupNorm + ReLU.
+- DenseNet-BC (models/densenet.py): the output of ``block3``, before the final BN + ReLU.
+- EfficientNet-Lite0: the output of its last MBConv block, before ``_conv_head`` + BN + ReLU6.
+- Any other model (``models.adapter``): the input of its global pooling module, found on the first
+  batch. A model whose global pooling is a function, or that has none (ViT, VGG's 7x7 pool), is
+  refused with a UserError naming it.
 
-runs the rest of the network (whatever follows the block: final norm and activation, global
-pooling, head) on X' to get logits z', and scores with the Energy, score = logsumexp_c z'_c
-(temperature 1, the paper's and both codes' default). Higher = more in-distribution. There is
-nothing to fit and no hyperparameter to tune.
+``fuse`` (variant ``rankfeat_fused``): the paper's "Block 3 + Block 4". X' at Block 3's output
+(ResNets: ``layer3``; BiT: ``body.block3``; DenseNet-BC: ``block2``) run through the rest of the
+network gives z3'; score = logsumexp((z3' + z4') / 2) ("fusion at the logit space", not an
+average of the two energies). Block 3 is known for ResNets, BiT and DenseNet-BC only; for other
+models ``fit`` refuses ``fuse``.
 
-The logits returned (for the ID accuracy) are the network's own, from one more plain forward
-pass: RankFeat only scores, it does not change the classifier's decisions. z' classifies badly
-(OpenOOD takes its predictions from z'): removing the dominant component of a map removes most of
-what pooling keeps. On 400 CIFAR-10 test images (../shared's JPEGs) the DenseNet's 84% became 65%
-with z', and 2% with the removal after the final BN + ReLU instead.
-
-Where "the last block" ends, per model (the removal point; the official code takes the output of
-the backbone's last block and lets the network's own head, normalisation included, follow):
-
-- ResNet-50 and every torchvision ResNet: the output of ``layer4`` (it ends in a ReLU; only
-  pooling and fc follow). This is OpenOOD v1.5's ``intermediate_forward(x, layer_index=4)``.
-- BiT ResNet-v2 (models/resnetv2.py): the output of ``body`` (block 4), *before* the final
-  GroupNorm + ReLU, as the official code does (``head(before_head(X'))``).
-- DenseNet-BC (models/densenet.py): the output of ``block3``, before the final BN + ReLU. No
-  official code covers it; it is the BiT convention for a pre-activation network.
-- EfficientNet-Lite0: the output of its last MBConv block, before ``_conv_head`` + BN + ReLU6 +
-  pooling, as the official SqueezeNet code removes it before the classifier's conv + ReLU + pool.
-- Any other model (``models.adapter``: torchvision, timm, user code): the input of its global
-  pooling *module*, found on the first batch (the last layer that sees a spatial map must reduce
-  it to one value per channel). For post-activation ResNets that is the point above; for a network
-  with a final norm + activation before pooling it lies after them (the one point a generic hook
-  can find). A model whose global pooling is a function (torchvision's DenseNet), or that has none
-  (ViT, VGG's 7x7 pool), is refused with a UserError naming it.
-
-``fuse`` (variant ``rankfeat_fused``): the paper's "Block 3 + Block 4", which is also the score
-the official code and OpenOOD compute: X' at Block 3's output (ResNets: ``layer3``; BiT:
-``body.block3``; DenseNet-BC: ``block2``, its second-to-last dense block) run through the rest of
-the network gives z3', then the logits are averaged, z' = (z3' + z4') / 2, and score =
-logsumexp(z') ("fusion at the logit space", not an average of the two energies). Block 3 is only
-known for the models above that name it; for others ``fit`` refuses ``fuse``.
-
-Numerics: X is taken in float64 for the SVD (``torch.linalg.svd``; the official code uses
-float32) and X' goes back in the map's dtype; the energy is computed in float64.
-``power_iterations = k > 0`` replaces the SVD by the paper's faster approximation: k alternating
-steps v <- X^T u / |X^T u|, u <- X v / |X v| (the official code uses k = 20), then s1 = u^T X v.
-The start u0 is a fixed-seed Gaussian (the same for every image), so scores are reproducible and
-do not depend on the batch; the official code draws a new random start for every batch.
-
-Comparison per image: OpenOOD v1.5 (``rankfeat_postprocessor.py``, accelerate False, T = 1) and
-the official code always compute the fused score; ``rankfeat_fused`` equals it per image on
-ResNet-50 (OpenOOD) and BiT (official), up to the float32 rounding of their SVD. ``rankfeat`` (the
-default) is the paper's "RankFeat (Block 4)" alone.
+Numerics: the SVD (``torch.linalg.svd``) is taken in float64 and X' goes back in the map's dtype;
+the energy is computed in float64. ``power_iterations = k > 0`` uses the paper's approximation
+instead: k alternating steps v <- X^T u / |X^T u|, u <- X v / |X v|, then s1 = u^T X v, from a
+fixed-seed Gaussian start u0 (the same for every image, so scores do not depend on the batch).
 """
 
 from __future__ import annotations
@@ -70,7 +45,7 @@ from models.resnetv2 import ResNetV2
 from util.argtypes import nonnegative_int
 from util.errors import UserError
 
-from .base import NetworkDetector, Param
+from .base import NetworkDetector
 
 POWER_SEED = 0  # seed of the power iteration's start vector
 NORM_EPS = 1e-10  # as the official code, so that an all-zero map is left as it is
@@ -174,22 +149,13 @@ def find_global_pool(model: nn.Module, images: torch.Tensor) -> str:
 class RankFeat(NetworkDetector):
     name = "rankfeat"
     paper = "Song et al., NeurIPS 2022"
-    params = (
-        Param(
-            "fuse",
-            ("--rankfeat-fuse",),
-            "RankFeat: average the logits of rank-1 removal at Block 3 and at Block 4 (the official "
-            "code's score; known Block 3 only: ResNets, BiT, DenseNet)",
-            const=True,
-        ),
-        Param(
-            "power_iterations",
-            ("--rankfeat-power-iterations",),
-            "RankFeat: power-iteration steps instead of the exact SVD (default 0: exact; the paper's "
-            "fast variant uses 20)",
-            nonnegative_int,
-        ),
-    )
+    param_help = {
+        "fuse": "average the logits of rank-1 removal at Block 3 and at Block 4 (the official code's score; "
+        "known Block 3 only: ResNets, BiT, DenseNet)",
+        "power_iterations": "power-iteration steps instead of the exact SVD (0: exact; the paper's fast "
+        "variant uses 20)",
+    }
+    param_types = {"power_iterations": nonnegative_int}
 
     def __init__(self, fuse: bool = False, power_iterations: int = 0):
         self.fuse = fuse

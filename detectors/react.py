@@ -16,15 +16,8 @@ from models.exact_percentile import array_percentile
 from util.argtypes import nonnegative_float, percentile_arg
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 
-CLIP_THRESHOLD = Param(
-    "clip_threshold",
-    ("--clip_threshold", "--clip-threshold"),
-    "activation clipping tau: h' = min(h, tau) (LINe, DICE+ReAct, ReAct; default: LINe's paper setting, "
-    "1.0 on CIFAR and 0.8 on ImageNet; for ReAct the --react-percentile percentile; for DICE none)",
-    nonnegative_float,
-)
 BLOCK_ROWS = 4096
 
 
@@ -38,15 +31,12 @@ class ReAct(Detector):
 
     name = "react"
     paper = "Sun et al., NeurIPS 2021"
-    params = (
-        CLIP_THRESHOLD,
-        Param(
-            "percentile",
-            ("--react-percentile",),
-            "ReAct: tau = this percentile of all ID training activations (default 90)",
-            percentile_arg,
-        ),
-    )
+    param_help = {
+        "clip_threshold": "activation clipping threshold tau, h' = min(h, tau) (none: a percentile of the "
+        "training activations, --react-percentile)",
+        "percentile": "tau = this percentile of all ID training activations, when no threshold is given",
+    }
+    param_types = {"clip_threshold": nonnegative_float, "percentile": percentile_arg}
 
     def __init__(self, clip_threshold: float | None = None, percentile: float = 90.0):
         self.clip_threshold = clip_threshold

@@ -1,8 +1,9 @@
 """The one list of detectors. Every name the command line, the sweep, the results table and the
 demos know comes from here.
 
-Adding a detector: one module defining a ``Detector`` subclass (name, paper, params, defaults,
-search space, ``fit`` with the statistics it needs, the score) and one line in ``DETECTORS``.
+Adding a detector: one module defining a ``Detector`` subclass (name, paper, ``param_help``,
+defaults, search space, ``fit`` with the statistics it needs, the score) and one line in
+``DETECTORS``; its flags and their help are generated from those.
 The order of ``DETECTORS`` is the order of the results table.
 """
 
@@ -92,11 +93,17 @@ def aliases() -> dict[str, str]:
 
 def lookup(name: str) -> tuple[type[Detector], dict[str, Any]]:
     """(detector class, the parameters the name fixes) of a method name or alias."""
+    cls, variant = resolve(name)
+    return cls, dict(cls.variants()[variant])
+
+
+def resolve(name: str) -> tuple[type[Detector], str]:
+    """(detector class, the variant it names) of a method name or alias."""
     name = aliases().get(name, name)
     for cls in DETECTORS:
         variant = cls.canonical(name)
         if variant is not None:
-            return cls, dict(cls.variants()[variant])
+            return cls, variant
     valid = method_names() + list(aliases())
     close = closest_name(name, valid)
     hint = f"; did you mean {close!r}?" if close else ""
@@ -106,7 +113,8 @@ def lookup(name: str) -> tuple[type[Detector], dict[str, Any]]:
 def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> Detector:
     """The detector ``name`` for ``in_dataset``: its own defaults, then the papers' setting for the
     dataset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values."""
-    cls, fixed = lookup(name)
+    cls, variant = resolve(name)
+    fixed = cls.variants()[variant]
     accepted = set(init_params(cls))
     given = dict(given or {})
     unknown = sorted(set(given) - accepted)
@@ -114,7 +122,7 @@ def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> De
         raise UserError(
             f"{name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
         )
-    return cls(**{**cls.defaults_for(in_dataset), **fixed, **given})
+    return cls(**{**cls.defaults_for(in_dataset, variant), **fixed, **given})
 
 
 def run_names() -> list[str]:

@@ -8,15 +8,9 @@ RMD_c = MD_c - MD_0 and score = -min_c RMD_c(h) = MD_0(h) - min_c MD_c(h).
 
 Numerical choices that matter: means and covariances are accumulated in float64, both
 covariances are maximum-likelihood (1/N) and not regularised, inverted by the pseudo-inverse.
-OpenOOD v1.5's ``rmds`` postprocessor computes the same quantity (max over c of
--MD_c + MD_0) with sklearn's EmpiricalCovariance fitted in float32: for well-conditioned
-covariances the per-image scores agree to float32 precision, but sklearn's pinvh on a float32
-covariance drops eigenvalues below about D * 1.2e-7 of the largest where float64 keeps those
-above D * 2.2e-16, so on ill-conditioned (ReLU) features the two keep different directions.
-pytorch-ood 0.4's ``RMD`` (negated) uses unnormalised scatter matrices (no 1/N) with a 1e-6
-ridge and ``inv``: a constant scale, and a ridge that matters only for tiny eigenvalues; on the
-cached CIFAR-10 features its ranking agrees with ours to Spearman 0.99999 (affine gap 6e-3,
-``benchmarks/compare_pytorch_ood.py``).
+The float64 pseudo-inverse keeps eigenvalues above about D * 2.2e-16 of the largest (pinvh of a
+float32 covariance drops those below about D * 1.2e-7), which matters on ill-conditioned (ReLU)
+features.
 """
 
 from __future__ import annotations

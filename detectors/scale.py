@@ -15,7 +15,7 @@ import torch
 from util.argtypes import open_percentile_arg
 
 from .ash import sum_ratio, top_k_mask
-from .base import Detector, Param
+from .base import Detector
 
 
 def scale(h: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -27,16 +27,15 @@ def scale(h: torch.Tensor, percentile: float) -> torch.Tensor:
 class SCALE(Detector):
     name = "scale"
     paper = "Xu et al., ICLR 2024"
-    params = (
-        Param("percentile", ("--scale-percentile",), "SCALE percentile p (default 85)", open_percentile_arg),
-    )
+    param_help = {"percentile": "percentile p: s2 sums the top (100 - p)% entries of h"}
+    param_types = {"percentile": open_percentile_arg}
 
     def __init__(self, percentile: float = 85.0):
-        self.percentile = float(percentile)
+        self.percentile = percentile
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"percentile": (60.0, 65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc_(scale(h, self.percentile))
+        return self.fc_(scale(h, float(self.percentile)))

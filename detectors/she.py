@@ -6,10 +6,7 @@ classifier classifies correctly. Score = h^T s_yhat with yhat = argmax(W h + b):
 simplified Hopfield energy of h against the pattern of its predicted class.
 
 A class with no correctly classified training image (a degenerate classifier) falls back to the
-mean over all of its training images; OpenOOD would get NaN there and pytorch-ood 0.4 raises.
-Otherwise this equals OpenOOD v1.5's ``she`` postprocessor (metric ``inner_product``) per image,
-and pytorch-ood 0.4's ``SHE`` negated (1e-7 relative on the cached CIFAR-10 features,
-``benchmarks/compare_pytorch_ood.py``).
+mean over all of its training images.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ logit_c(h_i) / mean_i r(h_i) over the training set. Score = logsumexp(W h + b) -
 here is D // 2 (171), the rule later ViM code applies below 768.
 
 Numerical choices that matter: the second-moment matrix, its eigendecomposition, u and alpha
-are computed in float64 with no regularisation; with float32 (as some libraries do) the
-eigenvalues around the cut can swap order when they are closer than float32 resolves. The
-features are read in row blocks (memory-mapped training features are never copied whole).
+are computed in float64 with no regularisation; in float32 the eigenvalues around the cut can
+swap order when they are closer than float32 resolves. The features are read in row blocks
+(memory-mapped training features are never copied whole).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.argtypes import positive_int
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 
 
 def default_principal_dim(feature_dim: int) -> int:
@@ -38,14 +37,7 @@ def default_principal_dim(feature_dim: int) -> int:
 class ViM(Detector):
     name = "vim"
     paper = "Wang et al., CVPR 2022"
-    params = (
-        Param(
-            "dim",
-            ("--vim-dim",),
-            "ViM principal-space dimension (default: 1000 if D >= 2048, 512 if D >= 768, else D // 2)",
-            positive_int,
-        ),
-    )
+    param_help = {"dim": "principal-space dimension (none: 1000 if D >= 2048, 512 if D >= 768, else D // 2)"}
 
     def __init__(self, dim: int | None = None):
         self.dim = dim

@@ -9,43 +9,24 @@ Each activation h_j of the penultimate feature goes through the piecewise rectif
 
 (low activations suppressed, intermediate ones amplified by gamma, high ones truncated at beta,
 not at beta + gamma: the function jumps down at beta); score = Energy, logsumexp(W h' + b), and
-the same rectified logits give the predictions. This is the function of the authors' code (the
-``clip2`` case of every model's forward: add gamma, zero where h + gamma < alpha + gamma, set beta
-where h + gamma > beta + gamma); the paper's text was not available here to compare equation by
-equation. The NeurIPS paper's method has exactly these three parameters (eta_alpha, eta_beta
-and the amplification gamma, its experimental setup), so its VRA is this rectifier with gamma;
-the authors' README keeps older names, VRA for gamma = 0 and VRA+ for gamma > 0 (its VRA++ adds
-a quadratic feature-norm term to the score, not implemented here).
+the same rectified logits give the predictions. The parameters are the paper's eta_alpha,
+eta_beta and gamma; the function is that of the authors' code (its ``clip2`` case).
 
 Thresholds: alpha / beta are the ``alpha_percentile`` / ``beta_percentile`` percentiles of the
-ID training activations, or given values (``alpha``, ``beta``), as the authors do on ImageNet.
-``per_unit`` (default, the authors' code: ``torch.quantile(train_features, q, dim=0)``) takes
-one percentile per feature dimension j over the N training samples; ``per_unit=False``
-(``--vra-global``) one percentile of all N*D activations, as ReAct. Both equal numpy.percentile
-of the float64 values exactly (linear interpolation): per unit by a partition of column blocks
-of the float32 features (about 512 MB at a time; ImageNet's 1.28M x 2048 features take about 20
-passes over the file), globally by the streaming ``models.exact_percentile.array_percentile``.
-The comparisons with alpha and beta are made in float64; the rectified features then go through
-the float32 head. alpha > beta is an error.
+ID training activations, or given values (``alpha``, ``beta``). ``per_unit`` (default, as the
+authors' code) takes one percentile per feature dimension j over the N training samples;
+``per_unit=False`` (``--vra-global``) one percentile of all N*D activations, as ReAct. Both equal
+numpy.percentile of the float64 values exactly (linear interpolation): per unit by a partition
+of column blocks of the float32 features, globally by ``models.exact_percentile``. The
+comparisons with alpha and beta are made in float64; the rectified features then go through the
+float32 head. alpha > beta is an error.
 
-Defaults (the authors' README commands with gamma, i.e. the NeurIPS VRA; the paper tunes
-eta_alpha in {0.5, 0.6, 0.65, 0.7}, eta_beta in {0.8, 0.85, 0.9, 0.95, 0.99} and gamma in
-{0.2, ..., 0.7} on Gaussian-noise images, the ``search_space`` here):
-
-- CIFAR-10 and CIFAR-100 (DenseNet-101): per-unit percentiles 60 and 95, gamma = 0.6. On
-  CIFAR-100 the authors combine VRA with the ODIN score (T = 1000, eps = 0.004); here the score
+Defaults, from the authors' README commands with gamma (the search space is the paper's grid,
+eta_alpha in {0.5, 0.6, 0.65, 0.7}, eta_beta in {0.8, ..., 0.99}, gamma in {0.2, ..., 0.7}):
+- CIFAR-10 and CIFAR-100 (DenseNet-101): per-unit percentiles 60 and 95, gamma = 0.6; the score
   is always Energy.
 - ImageNet (ResNet-50): alpha = 0.6, beta = 0.7, gamma = 0.3 as values (their BiT-S-R101x1
-  setting is alpha = 1, beta = 2, gamma = 0.6: pass ``--vra-alpha 1 --vra-beta 2 --vra-gamma
-  0.6``).
-
-Other implementations named VRA differ from the paper's function. OpenOOD (main branch, added in
-2025, after v1.5; ``vra_postprocessor.py``) clips to [low, high] = global percentiles (10, 90) of
-the ID validation features: activations below low are raised to low instead of zeroed and there is
-no gamma. pytorch-ood 0.4's ``VRA`` clips the same way, element by element on the un-pooled feature
-maps (C x H x W thresholds, percentiles 1 and 99) before the head's pooling. Both score Energy;
-neither equals this module per image (with gamma = 0 they would still differ below alpha). The OptFS
-authors' re-implementation (``VRA_P``) zeroes h <= alpha and clips at beta, without gamma.
+  setting: ``--vra-alpha 1 --vra-beta 2 --vra-gamma 0.6``).
 """
 
 from __future__ import annotations
@@ -54,18 +35,13 @@ import numpy as np
 import torch
 
 from models.exact_percentile import array_percentile, percentile_positions
-from util.argtypes import parsed_number, percentile_arg
+from util.argtypes import percentile_arg
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 
 BLOCK_ROWS = 4096
 COLUMN_BLOCK_BYTES = 512 << 20  # float32 bytes of one block of columns (per-unit percentiles)
-
-
-def real_number(text: str) -> float:
-    """Any number (a threshold may be negative for features without a final ReLU)."""
-    return parsed_number(text, float, "a number")
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
@@ -120,47 +96,18 @@ class VRA(Detector):
 
     name = "vra"
     paper = "Xu et al., NeurIPS 2023"
-    params = (
-        Param(
-            "alpha_percentile",
-            ("--vra-alpha-percentile",),
-            "VRA: alpha (below it activations are zeroed) = this percentile of the ID training "
-            "activations (default 60)",
-            percentile_arg,
-        ),
-        Param(
-            "beta_percentile",
-            ("--vra-beta-percentile",),
-            "VRA: beta (above it activations are set to beta) = this percentile of the ID training "
-            "activations (default 95)",
-            percentile_arg,
-        ),
-        Param(
-            "gamma",
-            ("--vra-gamma",),
-            "VRA: added to activations in [alpha, beta] (default: 0.6 on CIFAR, 0.3 on ImageNet)",
-            real_number,
-        ),
-        Param(
-            "alpha",
-            ("--vra-alpha",),
-            "VRA: alpha as a value instead of a percentile (default on ImageNet: 0.6, ResNet-50)",
-            real_number,
-        ),
-        Param(
-            "beta",
-            ("--vra-beta",),
-            "VRA: beta as a value instead of a percentile (default on ImageNet: 0.7, ResNet-50)",
-            real_number,
-        ),
-        Param(
-            "per_unit",
-            ("--vra-global",),
-            "VRA: one percentile of all training activations (as ReAct) instead of one per "
-            "feature dimension (the authors' code)",
-            const=False,
-        ),
-    )
+    param_help = {
+        "alpha_percentile": "alpha (below it activations are zeroed) = this percentile of the ID training "
+        "activations",
+        "beta_percentile": "beta (above it activations are set to beta) = this percentile of the ID training "
+        "activations",
+        "gamma": "added to activations in [alpha, beta]",
+        "alpha": "alpha as a value instead of a percentile, ResNet-50's on imagenet",
+        "beta": "beta as a value instead of a percentile, ResNet-50's on imagenet",
+        "per_unit": "one percentile per feature dimension (the authors' code), not one of all training "
+        "activations (as ReAct)",
+    }
+    param_types = {"alpha_percentile": percentile_arg, "beta_percentile": percentile_arg}
     defaults = {
         "CIFAR-10": {"alpha_percentile": 60.0, "beta_percentile": 95.0, "gamma": 0.6},
         "CIFAR-100": {"alpha_percentile": 60.0, "beta_percentile": 95.0, "gamma": 0.6},

@@ -1,76 +1,33 @@
 """WeiPer: weight perturbations of the class projections (Granz, Heurich & Landgraf, "WeiPer: OOD
 Detection using Weight Perturbations of Class Projections", NeurIPS 2024).
 
-Perturbed head (drawn once by ``fit``): for repeats i = 1..r and classes c,
-    w~_ic = w_c + delta * ||w_c|| * eta_ic / ||eta_ic||,   eta_ic ~ N(0, I_D),
-so every perturbed vector lies at distance delta * ||w_c|| from w_c (a cone around it). The noise
-is drawn repeat by repeat as ``torch.randn((C, D), float64)`` from a ``torch.Generator`` seeded
-with ``seed``; W~ is kept as an (r*C, D) float32 matrix (row i*C + c), like the authors' layer.
-Perturbed logits of a feature h: l_ic(h) = w~_ic . h + b_c, r*C values, computed in float64.
+Perturbed head, drawn once by ``fit``: for repeats i = 1..r and classes c,
+w~_ic = w_c + delta * ||w_c|| * eta_ic / ||eta_ic||, eta_ic ~ N(0, I_D) (a cone around w_c), the
+noise drawn repeat by repeat in float64 from a ``torch.Generator`` seeded with ``seed``; W~ is kept
+as an (r*C, D) float32 matrix. Perturbed logits l_ic(h) = w~_ic . h + b_c, computed in float64.
 
-WeiPer+KLD (``weiper``, the paper's main method). Two one-dimensional densities per sample:
-q_z(h), the histogram of its D feature entries divided by D, and q_W(h), the histogram of its r*C
-perturbed logits divided by r*C. Each has n_bins equal bins on [lo, hi], the minimum and maximum
-over every entry of the ID training set in that space: with t = (x - lo) / (hi - lo) * n_bins in
-float64, a value goes to bin floor(t), the maximum (t = n_bins) to the last bin, and a test value
-outside the range (t < 0 or t > n_bins) is dropped (the histogram is not renormalised). p_z and
-p_W are the means of q_z and q_W over the training rows. T_s is a box filter of s bins along the
-bin axis, window [k - (s - 1) // 2, k + s - 1 - (s - 1) // 2], edge bins repeated (PyTorch's
-Conv1d with padding "same" and replicate padding, as the authors smooth), applied to the sample's
-histogram only (the paper's T_k(q) against the unsmoothed training mean). With
+WeiPer+KLD (``weiper``, the paper's main method): q_z(h) is the histogram of the D entries of h
+divided by D, q_W(h) that of its r*C perturbed logits divided by r*C, each with n_bins equal bins
+on [lo, hi], the minimum and maximum over the ID training set in that space (the last bin closed;
+test values outside are dropped, no renormalisation). p_z, p_W: their means over the training rows.
+T_s: a box filter of s bins (edge bins repeated), applied to the sample's histogram only. With
 D_eps(p, q) = KL(p' || q') + KL(q' || p'), p' = (p + eps) / sum(p + eps), q' likewise, and
 MSP_W(h) = (1/r) sum_i max_c softmax(l_i.(h))_c,
 
     score(h) = -[ D_0.01(p_z, T_s1 q_z(h)) + lambda_1 D_0.025(p_W, T_s2 q_W(h)) - lambda_2 MSP_W(h) ]
 
-(higher = more in-distribution). eps = 0.01 and 0.025 are fixed constants of the authors' code.
-WeiPer+MSP (``weiper_msp``, the paper's MSP_WeiPer): score = MSP_W(h); it needs no training
-statistics. The logits returned (ID accuracy) are the classifier's own, W h + b.
+(eps = 0.01 and 0.025 are constants of the authors' code). WeiPer+MSP (``weiper_msp``): score =
+MSP_W(h), no training statistics. The logits returned (ID accuracy) are W h + b.
 
-Defaults: the authors' README table (found by their search on OpenOOD's validation sets; r = 100
-throughout):
+Defaults: the authors' README table (r = 100, n_bins = 100; (lambda_1, lambda_2), (s1, s2)):
+CIFAR-10 (ResNet-18) delta 1.8, (2.5, 0.1), (4, 15); CIFAR-100 (ResNet-18) delta 2.4, (0.1, 1),
+(4, 40); ImageNet (ResNet-50) delta 2.4, (2.5, 0.25), (40, 15). ``search_space``: every value of
+these (48 settings, refitted only when delta changes).
 
-    dataset (backbone)     delta  n_bins  lambda_1  lambda_2  s1  s2
-    CIFAR-10 (ResNet-18)   1.8    100     2.5       0.1       4   15
-    CIFAR-100 (ResNet-18)  2.4    100     0.1       1         4   40
-    ImageNet (ResNet-50)   2.4    100     2.5       0.25      40  15
-
-The CIFAR rows were tuned for ResNet-18 (D = 512), not this repository's DenseNet-101 (D = 342).
-The README gives no separate setting for WeiPer+MSP, which takes the same r and delta. The search
-space holds every value of these three settings (n_bins fixed at 100): 48 settings, refitted only
-when delta changes (the authors' own sweep lists, 3600 settings, are a superset).
-
-Against the authors' code (github.com/mgranz/weiper, an OpenOOD-based postprocessor
-``weiper_kldiv``; neither OpenOOD v1.5 nor pytorch-ood 0.4 has WeiPer), per image:
-
-- Same bins, smoothing, eps, divergences and score: given the same W~ and training densities
-  their functions and this module agree per image to float32 precision (checked on synthetic
-  data: 6e-6 absolute), apart from the points below.
-- Their code hands the drawn layer over under a keyword (``W_tilde``) that the scoring function
-  swallows into ``**params``, so a fresh W~ is drawn for every batch: the training range comes
-  from one draw, the training densities average one draw per batch, and each test batch gets its
-  own draw, so a score depends on the batch it is in and on the global random state. Here W~ is
-  drawn once (seeded) and serves the range, the training densities and every test row: the
-  paper's r fixed weight matrices W_1 .. W_r, reproducible and independent of batching.
-- Their training densities average per-batch means (a smaller last batch weighs as a full one);
-  here the exact mean over the training rows.
-- Their float32 bin edges end at max + 1e-8, which rounds to max, so the training maximum itself
-  falls outside the last (half-open) bin; here the last bin is closed. Projections, histograms
-  and divergences are float64 here, float32 there.
-- For D > 1000 (ResNet-50 on ImageNet: D = 2048) their feature histogram is built over chunks of
-  1000 dimensions and normalised by the size of the last chunk before renormalising, so every
-  chunk weighs equally (dimensions 2000-2047 make up a third of q_z and p_z); here the histogram
-  of all D values, each weighing 1/D. CIFAR (D <= 1000) is not affected.
-
-Cost: ``fit`` makes two passes over the training features (range, then histograms), each
-projecting every row on the r*C perturbed vectors: N*D*r*C multiply-adds per pass, 1.7e11 for
-CIFAR-100 on DenseNet-101 but 2.6e14 for ImageNet on ResNet-50 (hours on a CPU). ``fraction``
-fits on a seeded random share of the training rows instead: on ImageNet it defaults to 0.234,
-about the 300,000 images the authors fit ImageNet on (their ``train_imagenet_subsample.txt``;
-theirs are class-balanced, this share is uniform). Scoring costs
-D*r*C multiply-adds and a histogram of r*C values per image, and every sweep setting scores
-afresh. Memory: W~ takes r*C*D*4 bytes (0.8 GB for ImageNet); the training features are read in
-row blocks, and temporaries stay below ``BLOCK_VALUES`` perturbed logits.
+Cost: ``fit`` projects every training row on the r*C perturbed vectors twice (range, then
+histograms), 2.6e14 multiply-adds for ImageNet ResNet-50, so there ``fraction`` defaults to 0.234
+(a seeded random share, about the authors' 300,000 images). W~ takes r*C*D*4 bytes; training
+features are read in row blocks, temporaries stay below ``BLOCK_VALUES`` perturbed logits.
 """
 
 from __future__ import annotations
@@ -78,10 +35,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.argtypes import fraction_arg, nonnegative_float, nonnegative_int, positive_int
+from util.argtypes import fraction_arg, nonnegative_float, nonnegative_int
 from util.io import row_blocks
 
-from .base import Detector, Param
+from .base import Detector
 from .statistics import seeded_rows
 
 FEATURE_EPS = 0.01  # added to both densities of the feature divergence (authors' code)
@@ -153,49 +110,24 @@ class WeiPer(Detector):
 
     name = "weiper"
     paper = "Granz et al., NeurIPS 2024"
-    params = (
-        Param("r", ("--weiper-r",), "WeiPer: perturbations per class vector r (default 100)", positive_int),
-        Param(
-            "delta",
-            ("--weiper-delta",),
-            "WeiPer: relative perturbation size delta (default: 1.8 CIFAR-10, 2.4 CIFAR-100 and ImageNet)",
-            nonnegative_float,
-        ),
-        Param("n_bins", ("--weiper-bins",), "WeiPer+KLD: histogram bins (default 100)", positive_int),
-        Param(
-            "lambda_1",
-            ("--weiper-lambda1",),
-            "WeiPer+KLD: weight of the perturbed-logit divergence (default: 2.5, 0.1 on CIFAR-100)",
-            nonnegative_float,
-        ),
-        Param(
-            "lambda_2",
-            ("--weiper-lambda2",),
-            "WeiPer+KLD: weight of MSP over the perturbed heads (default: 0.1 CIFAR-10, 1 CIFAR-100, "
-            "0.25 ImageNet)",
-            nonnegative_float,
-        ),
-        Param(
-            "s1",
-            ("--weiper-s1",),
-            "WeiPer+KLD: smoothing kernel size (bins), feature histogram (default: 4 CIFAR, 40 ImageNet)",
-            positive_int,
-        ),
-        Param(
-            "s2",
-            ("--weiper-s2",),
-            "WeiPer+KLD: smoothing kernel size (bins) of the perturbed-logit histogram (default: 15, 40 on "
-            "CIFAR-100)",
-            positive_int,
-        ),
-        Param("seed", ("--weiper-seed",), "WeiPer: seed of the perturbations (default 0)", nonnegative_int),
-        Param(
-            "fraction",
-            ("--weiper-fraction",),
-            "WeiPer+KLD: share of training features fitted, a seeded random subset (default 1)",
-            fraction_arg,
-        ),
-    )
+    param_help = {
+        "r": "perturbations per class vector r",
+        "delta": "relative perturbation size delta",
+        "n_bins": "histogram bins (WeiPer+KLD)",
+        "lambda_1": "weight of the perturbed-logit divergence (WeiPer+KLD)",
+        "lambda_2": "weight of MSP over the perturbed heads (WeiPer+KLD)",
+        "s1": "smoothing kernel size in bins of the feature histogram (WeiPer+KLD)",
+        "s2": "smoothing kernel size in bins of the perturbed-logit histogram (WeiPer+KLD)",
+        "seed": "seed of the perturbations",
+        "fraction": "share of training features fitted, a seeded random subset (WeiPer+KLD)",
+    }
+    param_types = {
+        "delta": nonnegative_float,
+        "lambda_1": nonnegative_float,
+        "lambda_2": nonnegative_float,
+        "seed": nonnegative_int,
+        "fraction": fraction_arg,
+    }
     defaults = {
         "CIFAR-10": {
             "r": 100,
@@ -241,25 +173,28 @@ class WeiPer(Detector):
         seed: int = 0,
         fraction: float = 1.0,
     ):
-        if score not in SCORES:
-            raise ValueError(f"WeiPer score must be one of {', '.join(SCORES)}, got {score!r}")
-        for label, value in (("r", r), ("n_bins", n_bins), ("s1", s1), ("s2", s2)):
+        self.score = score
+        self.r = r
+        self.delta = delta
+        self.n_bins = n_bins
+        self.lambda_1 = lambda_1
+        self.lambda_2 = lambda_2
+        self.s1 = s1
+        self.s2 = s2
+        self.seed = seed
+        self.fraction = fraction
+
+    def check_params(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"WeiPer score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        for label in ("r", "n_bins", "s1", "s2"):
+            value = getattr(self, label)
             if int(value) != value or value < 1:
                 raise ValueError(f"WeiPer {label} must be an integer >= 1, got {value}")
-        if not delta >= 0:
-            raise ValueError(f"WeiPer delta must be >= 0, got {delta}")
-        if not 0 < fraction <= 1:
-            raise ValueError(f"WeiPer fraction of training data must be in (0, 1], got {fraction}")
-        self.score = score
-        self.r = int(r)
-        self.delta = float(delta)
-        self.n_bins = int(n_bins)
-        self.lambda_1 = float(lambda_1)
-        self.lambda_2 = float(lambda_2)
-        self.s1 = int(s1)
-        self.s2 = int(s2)
-        self.seed = int(seed)
-        self.fraction = float(fraction)
+        if not self.delta >= 0:
+            raise ValueError(f"WeiPer delta must be >= 0, got {self.delta}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"WeiPer fraction of training data must be in (0, 1], got {self.fraction}")
 
     # -- description ---------------------------------------------------------------------------
     @classmethod
@@ -294,13 +229,13 @@ class WeiPer(Detector):
         self.bias_ = (
             bias.detach().double() if bias is not None else torch.zeros(len(weight), dtype=torch.float64)
         )
-        self.perturbed_weight_ = perturbed_weights(weight, self.r, self.delta, self.seed)
+        self.perturbed_weight_ = perturbed_weights(weight, int(self.r), float(self.delta), int(self.seed))
         if self.score == "msp":
             return self
         if train_features is None:
             raise ValueError("WeiPer+KLD needs the ID training features")
         n, d = train_features.shape
-        keep = seeded_rows(n, self.fraction, self.seed)
+        keep = seeded_rows(n, float(self.fraction), int(self.seed))
 
         def rows():
             """The (kept) training rows, block by block, as float64 tensors."""
@@ -333,13 +268,14 @@ class WeiPer(Detector):
                     )
             self.feature_min_, self.feature_max_ = (float(v) for v in feature_range)
             self.logit_min_, self.logit_max_ = (float(v) for v in logit_range)
-            feature_counts = torch.zeros(self.n_bins, dtype=torch.float64)
-            logit_counts = torch.zeros(self.n_bins, dtype=torch.float64)
+            bins = int(self.n_bins)
+            feature_counts = torch.zeros(bins, dtype=torch.float64)
+            logit_counts = torch.zeros(bins, dtype=torch.float64)
             for h in self._blocks(rows()):
-                feature_counts += row_histograms(h, *feature_range, self.n_bins).sum(dim=0)
+                feature_counts += row_histograms(h, *feature_range, bins).sum(dim=0)
                 for logits in self._perturbed_logits(h):
                     flat = logits.reshape(len(h), -1)
-                    logit_counts += row_histograms(flat, *logit_range, self.n_bins).sum(dim=0)
+                    logit_counts += row_histograms(flat, *logit_range, bins).sum(dim=0)
         self.train_rows_ = count
         self.feature_density_ = feature_counts / (count * d)
         self.logit_density_ = logit_counts / (count * len(self.perturbed_weight_))
@@ -348,7 +284,7 @@ class WeiPer(Detector):
     # -- projections ---------------------------------------------------------------------------
     def _repeats_per_group(self) -> int:
         c, d = self.fc_.out_features, self.fc_.in_features
-        return max(1, min(self.r, GROUP_WEIGHTS // (c * d)))
+        return max(1, min(int(self.r), GROUP_WEIGHTS // (c * d)))
 
     def _block_rows(self) -> int:
         return max(1, BLOCK_VALUES // (self._repeats_per_group() * self.fc_.out_features))
@@ -363,9 +299,9 @@ class WeiPer(Detector):
     def _perturbed_logits(self, h: torch.Tensor):
         """The perturbed logits of float64 rows h, one (B, g, C) float64 tensor per group of g repeats."""
         c = self.fc_.out_features
-        group = self._repeats_per_group()
-        for first in range(0, self.r, group):
-            g = min(group, self.r - first)
+        group, r = self._repeats_per_group(), int(self.r)
+        for first in range(0, r, group):
+            g = min(group, r - first)
             w = self.perturbed_weight_[first * c : (first + g) * c].double()
             yield torch.addmm(self.bias_.repeat(g), h, w.T).view(len(h), g, c)
 
@@ -373,25 +309,26 @@ class WeiPer(Detector):
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.logits(h)
         kld = self.score == "kld"
+        bins = int(self.n_bins)
         if kld:
-            smooth_features = smoothing_matrix(self.n_bins, self.s1)
-            smooth_logits = smoothing_matrix(self.n_bins, self.s2)
+            smooth_features = smoothing_matrix(bins, int(self.s1))
+            smooth_logits = smoothing_matrix(bins, int(self.s2))
         out = [torch.zeros(0, dtype=torch.float64)]
         for block in self._blocks([h.double()]):
             msp = torch.zeros(len(block), dtype=torch.float64)
-            logit_counts = torch.zeros(len(block), self.n_bins, dtype=torch.float64)
+            logit_counts = torch.zeros(len(block), bins, dtype=torch.float64)
             for logits in self._perturbed_logits(block):
                 msp += torch.softmax(logits, dim=2).amax(dim=2).sum(dim=1)
                 if kld:
                     flat = logits.reshape(len(block), -1)
-                    logit_counts += row_histograms(flat, self.logit_min_, self.logit_max_, self.n_bins)
-            msp /= self.r
+                    logit_counts += row_histograms(flat, self.logit_min_, self.logit_max_, bins)
+            msp /= int(self.r)
             if not kld:
                 out.append(msp)
                 continue
-            q_z = row_histograms(block, self.feature_min_, self.feature_max_, self.n_bins) / block.shape[1]
+            q_z = row_histograms(block, self.feature_min_, self.feature_max_, bins) / block.shape[1]
             q_w = logit_counts / len(self.perturbed_weight_)
             d_z = symmetric_kl(self.feature_density_, q_z @ smooth_features.T, FEATURE_EPS)
             d_w = symmetric_kl(self.logit_density_, q_w @ smooth_logits.T, LOGIT_EPS)
-            out.append(-(d_z + self.lambda_1 * d_w - self.lambda_2 * msp))
+            out.append(-(d_z + float(self.lambda_1) * d_w - float(self.lambda_2) * msp))
         return torch.cat(out), z

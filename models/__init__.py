@@ -1,8 +1,9 @@
 """Classifiers with ``forward_features(x) -> (B, D)`` and ``get_classifier() -> nn.Linear``.
 
 ``MODELS`` holds one spec per built-in architecture name: how to build it for C classes and the
-input its weights expect. Adding an architecture is one module and one spec. Any other classifier
-whose output layer is an ``nn.Linear`` comes in through ``--model-arch torchvision:NAME``,
+input its weights expect. Adding an architecture is one module and one spec; its published
+weights are one ``models.weights.Weights`` entry (file, URL or package, sha256, input). Any other
+classifier whose output layer is an ``nn.Linear`` comes in through ``--model-arch torchvision:NAME``,
 ``timm:NAME`` or ``package.module:function`` (``models.external``), split at that layer by
 ``models.adapter``.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from util.errors import UserError
-from util.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from util.inputs import InputSpec
 
 from . import external
 from .adapter import adapt
@@ -26,6 +27,7 @@ from .densenet import DenseNet3
 from .efficientnet_lite import EfficientNetLite0
 from .resnet import ResNet50
 from .resnetv2 import BIT_UNITS, ResNetV2
+from .weights import WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -37,18 +39,17 @@ class ModelSpec:
     input: InputSpec | None = None
 
 
+# The ImageNet architectures expect the input of their ImageNet-1k weights (models.weights);
+# DenseNet-101 takes the dataset's (its CIFAR weights' input is the CIFAR datasets' own).
 MODELS = {
     "densenet": ModelSpec(lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5)),
-    "resnet50": ModelSpec(
-        lambda c: ResNet50(num_classes=c), InputSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD)
-    ),
+    "resnet50": ModelSpec(lambda c: ResNet50(num_classes=c), WEIGHTS["imagenet", "resnet50"].input),
     "BiT-S-R101x1": ModelSpec(
         lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c),
-        InputSpec(256, 224, ResNetV2.input_mean, ResNetV2.input_std),
+        WEIGHTS["imagenet", "BiT-S-R101x1"].input,
     ),
     "efficientnet-lite0": ModelSpec(
-        lambda c: EfficientNetLite0(num_classes=c),
-        InputSpec(256, 224, EfficientNetLite0.input_mean, EfficientNetLite0.input_std),
+        lambda c: EfficientNetLite0(num_classes=c), WEIGHTS["imagenet", "efficientnet-lite0"].input
     ),
 }
 MODEL_NAMES = tuple(MODELS)

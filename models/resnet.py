@@ -4,7 +4,7 @@ The network *is* ``torchvision.models.ResNet`` with Bottleneck blocks [3, 4, 6, 
 ``state_dict`` keys and shapes are torchvision's and the ImageNet weights the DICE and LINe papers
 used (``ResNet50_Weights.IMAGENET1K_V1``, file ``resnet50-0676ba61.pth``) load with
 ``strict=True``. Penultimate feature: h = avgpool(relu(layer4(...))), D = 2048; logits = fc(h).
-Input: 224x224 crops normalised with the ImageNet mean and std.
+Input: 224x224 crops normalised with the ImageNet mean and std (``models.weights``).
 """
 
 from __future__ import annotations
@@ -12,19 +12,12 @@ from __future__ import annotations
 import torch
 from torchvision.models.resnet import Bottleneck, ResNet
 
-# The input statistics torchvision's ImageNet weights were trained with.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 class ResNet50(ResNet):
     """torchvision's ResNet-50 plus ``forward_features`` / ``get_classifier``."""
 
-    input_mean = IMAGENET_MEAN
-    input_std = IMAGENET_STD
-
     def __init__(self, num_classes: int = 1000):
         super().__init__(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
-        self.feature_dim = self.fc.in_features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features h, shape (B, 2048), non-negative, unclipped."""

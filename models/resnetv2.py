@@ -19,7 +19,8 @@ Weights load from
 - a fine-tuned PyTorch checkpoint with the parameter names of Google's PyTorch port
   (``root.conv.weight``, ``body.block1.unit01.gn1.weight``, ..., ``head.conv.weight`` of shape
   (C, 2048, 1, 1)), optionally under ``state_dict``/``model`` and with ``module.`` prefixes.
-Input: BiT's own normalisation, pixels mapped from [0, 1] to [-1, 1] (mean 0.5, std 0.5).
+Input: BiT's own normalisation, pixels mapped from [0, 1] to [-1, 1] (mean 0.5, std 0.5;
+``models.weights``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ from torch import nn
 from util.errors import UserError
 
 from .checkpoints import read_state_dict
+from .weights import WEIGHTS
 
-BIT_MEAN, BIT_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
 BIT_UNITS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
 
 
@@ -84,9 +84,6 @@ class _Head(nn.Module):
 class ResNetV2(nn.Module):
     """BiT ResNet-v2 with ``forward_features`` (B, 2048 * width) and ``get_classifier``."""
 
-    input_mean = BIT_MEAN
-    input_std = BIT_STD
-
     def __init__(self, units=BIT_UNITS["R101"], width: int = 1, num_classes: int = 1000):
         super().__init__()
         self.units, self.width = tuple(units), width
@@ -109,7 +106,6 @@ class ResNetV2(nn.Module):
             blocks[f"block{b + 1}"] = nn.Sequential(layers)
         self.body = nn.Sequential(blocks)
         self.head = _Head(cin, num_classes)
-        self.feature_dim = cin
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features h, shape (B, 2048 * width), non-negative, unclipped."""
@@ -179,6 +175,6 @@ def bit_npz_to_state_dict(path: Path, model: ResNetV2) -> dict[str, torch.Tensor
         raise UserError(
             f"{path} is not a BiT ResNet-v2 of units {list(model.units)} x{model.width}: "
             f"{len(missing)} arrays missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]}). BiT-S-R101x1 comes from {BIT_URL.format(name='BiT-S-R101x1')}."
+            f"(e.g. {unexpected[:3]}). BiT-S-R101x1 comes from {WEIGHTS['imagenet', 'BiT-S-R101x1'].url}."
         )
     return state

@@ -119,10 +119,6 @@ class RouteLINe(nn.Module):
         """Whether any mask removes anything (else the layer is W h' + b)."""
         return self.activation_pruning or self.weight_pruning
 
-    def weight_mask(self, c: int) -> torch.Tensor:
-        """WP mask of class c, shape (C, D): R_c > t_c, i.e. column rank >= the class's cutoff."""
-        return self.wp_rank >= self.wp_cutoff[c]
-
     def predict(self, h: torch.Tensor) -> torch.Tensor:
         """c^ = argmax(W h' + b) with the full, unmasked weights."""
         return F.linear(h, self.weight, self.bias).argmax(dim=1)

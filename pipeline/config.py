@@ -9,12 +9,9 @@ from pathlib import Path
 from detectors.base import Detector
 from models import MODEL_NAMES
 from models.checkpoints import CHECKPOINT_EPOCH
-from util.data import IN_DATASETS
+from util.datasets import ID_DATASETS, canonical_id_name, id_names, id_spec
 from util.errors import UserError
 from util.openood import BENCHMARKS, get_benchmark
-
-# The architecture each ID dataset's papers used, when neither --model-arch nor --name names one.
-DEFAULT_ARCH = {"CIFAR-10": "densenet", "CIFAR-100": "densenet", "imagenet": "resnet50"}
 
 
 def resolve_model(in_dataset: str, name: str | None, model_arch: str | None) -> tuple[str, str]:
@@ -26,12 +23,13 @@ def resolve_model(in_dataset: str, name: str | None, model_arch: str | None) -> 
     names the checkpoint folder and the cache files, defaults to the architecture.
     """
     if model_arch is None:
-        if name not in MODEL_NAMES and in_dataset not in DEFAULT_ARCH:
+        default = id_spec(in_dataset).default_arch
+        if name not in MODEL_NAMES and default is None:
             raise UserError(
                 f"--in-dataset {in_dataset}: an image-folder dataset has no default network; pass "
                 "--model-arch (a built-in name, torchvision:NAME, timm:NAME or package.module:function)"
             )
-        model_arch = name if name in MODEL_NAMES else DEFAULT_ARCH[in_dataset]
+        model_arch = name if name in MODEL_NAMES else default
     if name is None:  # the name is part of file names: torchvision:resnet18 -> torchvision-resnet18
         name = model_arch.replace(":", "-").replace("/", "-")
     return name, model_arch
@@ -41,17 +39,17 @@ def dataset_label(in_dataset: str) -> str:
     """The name an ID dataset goes by in file names: itself, or an image folder's base name
     (``FOLDER-folder`` when that base name is a dataset name: a folder named ``imagenet`` must not
     share ImageNet's statistics files)."""
-    if in_dataset in IN_DATASETS:
+    if in_dataset in ID_DATASETS:
         return in_dataset
     name = Path(os.path.abspath(in_dataset)).name
-    return f"{name}-folder" if name in IN_DATASETS or name in BENCHMARKS else name
+    return f"{name}-folder" if name in id_names() or name in BENCHMARKS else name
 
 
 @dataclass
 class RunConfig:
     """The classifier, the data and how features are extracted and cached."""
 
-    in_dataset: str | None = "CIFAR-10"  # a name of IN_DATASETS, or an image folder (moved to id_root)
+    in_dataset: str | None = "CIFAR-10"  # a name of util.datasets.ID_DATASETS, or an image folder (id_root)
     benchmark: str | None = None  # an OpenOOD v1.5 benchmark (util.openood): its image lists
     name: str | None = None  # None: the architecture (resolve_model)
     model_arch: str | None = None  # None: from --name or the in-dataset (resolve_model)
@@ -87,13 +85,16 @@ class RunConfig:
                     f"--benchmark {self.benchmark}: its image lists label the images; drop --class-map"
                 )
             self.in_dataset = bench.in_dataset
-            if bench.num_classes != IN_DATASETS[bench.in_dataset] and self.checkpoint is None:
+            implied = ID_DATASETS[bench.in_dataset].num_classes
+            if bench.num_classes != implied and self.checkpoint is None:
                 raise UserError(
                     f"--benchmark {self.benchmark} needs a {bench.num_classes}-class classifier: pass its "
                     "--checkpoint (and --model-arch), e.g. OpenOOD v1.5's ImageNet-200 ResNet-18; the"
-                    f" default {bench.in_dataset} weights have {IN_DATASETS[bench.in_dataset]} outputs"
+                    f" default {bench.in_dataset} weights have {implied} outputs"
                 )
-        if self.in_dataset in IN_DATASETS:
+        if self.in_dataset is not None and canonical_id_name(self.in_dataset):
+            self.in_dataset = canonical_id_name(self.in_dataset)  # cifar10 -> CIFAR-10
+        if self.in_dataset in ID_DATASETS:
             self.id_root = None  # a named dataset (also after dataclasses.replace from a folder)
         elif self.in_dataset is not None and (
             self.id_root is None or self.in_dataset != dataset_label(self.id_root)
@@ -111,6 +112,11 @@ class RunConfig:
                 self.in_dataset if self.id_root is None else self.id_root
             )  # a folder has no default network
             self.name, self.model_arch = resolve_model(which, self.name, self.model_arch)
+
+    @property
+    def dataset(self):
+        """The ID dataset's spec (``util.datasets``): an image folder's is ``FOLDER_DATASET``."""
+        return id_spec(None if self.id_root is not None else self.in_dataset)
 
     @property
     def label(self) -> str:
@@ -162,8 +168,6 @@ class EvalConfig(RunConfig):
 @dataclass
 class PrecomputeConfig(RunConfig):
     """``precompute.py``: the ID training statistics (LINe's contributions, DICE's mean feature)."""
-
-    method: str = "taylor"
 
 
 @dataclass

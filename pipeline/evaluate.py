@@ -34,7 +34,7 @@ from . import runs as runs_store
 from .config import EvalConfig
 from .report import MethodResult
 from .scoring import max_softmax, score_cached, score_images
-from .statistics import TrainingStatistics
+from .session import open_session
 
 # Statistics loaded before any forward pass, so that a missing file or layer fails first.
 CHECKED_FIRST = ("mean_feature", "contributions", "batchnorm")
@@ -54,28 +54,51 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     start = time.time()
     ensure_writable_dir(config.cache_dir, "cache directory")
     config.device = distributed.setup(config.device)  # torchrun: join the process group
-    tf = setup.transform(config)
+    session = open_session(config, lambda tf: _sets_scored(config, tf))
+    _check_statistics_first(config, session.stats)
+    ensure_writable_dir(config.base_dir, "output directory")
+    features = _extract(config, session)
+    if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 fits and scores alone
+        return []
+    if any(run.detector.kind == "features" for run in config.detectors):
+        extractor = session.extractor
+        if extractor.images_forwarded == 0:
+            print(
+                f"all features loaded from the cache in {Path(config.cache_dir) / 'features'}: "
+                "no forward pass"
+            )
+        else:
+            print(f"forward pass over {extractor.images_forwarded} images (now cached)")
+    base = {
+        **config.settings(),
+        "methods_run": [run.flag for run in config.detectors],
+        "code_version": code_version(),
+        "device": str(session.extractor.device),
+        "num_images": {k: len(v) for k, v in session.datasets.items()},
+    }
+    results, fits = [], {}
+    owners = original_files.owners([run.method for run in config.detectors])
+    for run in config.detectors:
+        result, fits[run.method] = _evaluate_one(config, run, session, features, base, run.method in owners)
+        if result is not None:
+            results.append(result)
+    _print_tables(config, results, session.names, fits)
+    print(f"forward passes: {session.extractor.images_forwarded} images ({time.time() - start:.1f} s in all)")
+    return results
+
+
+def _sets_scored(config: EvalConfig, tf) -> tuple[dict, list[str]]:
+    """(datasets, OOD names) of the run: all of them, or the ID or OOD part (--*-dist-only)."""
     datasets, names = setup.test_sets(config, tf, config.out_datasets, ood=config.only != "in")
     if config.only == "out":  # --out-dist-only
         datasets = {k: v for k, v in datasets.items() if k != "in"}
-    model, model_key, checkpoint = setup.load_classifier(config)
-    fc = model.get_classifier()
-    extractor = setup.make_extractor(config, model, model_key)
-    tags = {key: setup.set_tag(config, key) for key in datasets}
+    return datasets, names
 
-    train: dict = {}
 
-    def extract_train():
-        """The training set's FeatureSet (None on ranks > 0), extracted or loaded once per run."""
-        if "set" not in train:
-            train["set"] = extractor.extract(setup.train_set(config, tf), setup.tag(config, "train"))
-        return train["set"]
-
-    stats = TrainingStatistics(
-        config, model_key, setup.num_classes(config), fc.in_features, extract_train, model=model
-    )
-    runs = config.detectors
-    needs = {name for run in runs for name in run.detector.needs()}
+def _check_statistics_first(config: EvalConfig, stats) -> None:
+    """Load the statistics files the detectors need (``CHECKED_FIRST``) before any forward pass;
+    under torchrun rank 0 reads them and every rank stops with its message."""
+    needs = {name for run in config.detectors for name in run.detector.needs()}
     error = None
     if distributed.is_main():  # only rank 0 reads the cache directory (no shared file system needed)
         try:
@@ -88,91 +111,78 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         error = distributed.broadcast(error)
     if error is not None:
         raise UserError(error)
-    ensure_writable_dir(config.base_dir, "output directory")
-    by_features = any(run.detector.kind == "features" for run in runs)
+
+
+def _extract(config: EvalConfig, session) -> dict:
+    """Features of the training set (when a detector fits on them) and of every set scored from
+    features, after checking the cache's disk space; {} when only network-level detectors run."""
+    needs = {name for run in config.detectors for name in run.detector.needs()}
+    by_features = any(run.detector.kind == "features" for run in config.detectors)
     if by_features:
-        needed = sum(extractor.bytes_needed(ds, tags[key]) for key, ds in datasets.items())
+        extractor = session.extractor
+        needed = sum(extractor.bytes_needed(ds, session.tags[k]) for k, ds in session.datasets.items())
         extractor.require_space(needed, "the test and OOD sets")
     if needs & set(TRAIN_STATISTICS):
-        extract_train()  # every process takes part under torchrun
-    features = {key: extractor.extract(ds, tags[key]) for key, ds in datasets.items()} if by_features else {}
-    if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 fits and scores alone
-        return []
-    if by_features:
-        if extractor.images_forwarded == 0:
-            print(
-                f"all features loaded from the cache in {Path(config.cache_dir) / 'features'}: "
-                "no forward pass"
-            )
-        else:
-            print(f"forward pass over {extractor.images_forwarded} images (now cached)")
+        session.extract_train()  # every process takes part under torchrun
+    return session.extract_sets() if by_features else {}
 
-    base = {
-        **config.settings(),
-        "methods_run": [run.flag for run in runs],
-        "code_version": code_version(),
-        "device": str(extractor.device),
-        "num_images": {k: len(v) for k, v in datasets.items()},
+
+def _evaluate_one(config: EvalConfig, run, session, features: dict, base: dict, owns_files: bool):
+    """Fit and score one detector, save its run and original-format files; (result or None, the
+    training images its fit used)."""
+    t0 = time.time()
+    scores, preds, labels, confidence = _fit_and_score(run, session, features)
+    report.check_scores(scores)
+    extractor, stats = session.extractor, session.stats
+    skipped = {k: extractor.skipped[t] for k, t in session.tags.items() if t in extractor.skipped}
+    fit = _training_images(run.detector, stats, config)
+    files = stats.files_for(run.detector)
+    checkpoint = {
+        "path": setup.weights_source(session.checkpoint),
+        "sha256": session.model_key["checkpoint_sha256"],
     }
-    results, fits = [], {}
-    owners = original_files.owners([run.method for run in runs])
-    for run in runs:
-        t0 = time.time()
-        scores, preds, labels, confidence = _fit_and_score(
-            run, fc, stats, features, datasets, extractor, tags, tf
+    settings = {
+        **base,
+        "method": run.method,
+        "method_flag": run.flag,
+        "detector": {**run.detector.get_params(), **run.detector.fitted_values()},
+        "files": {"checkpoint": checkpoint} | files,
+        "num_images_used": {k: len(v) for k, v in scores.items()},
+        "skipped_bad_images": skipped,
+        "training_images": fit,
+    }
+    run_dir = _run_dir(config, run, _run_key(config, run, session.model_key, files))
+    previous = runs_store.read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+    settings["sets_scored"] = list(dict.fromkeys([*previous.get("sets_scored", []), *scores]))
+    save_scores(run_dir, scores)
+    id_predictions = None
+    if "in" in scores:
+        id_predictions = {"labels": labels, "predictions": preds["in"], "confidence": confidence}
+        runs_store.save_id_predictions(run_dir, **id_predictions)
+    runs_store.write_run(run_dir, settings)  # last: it lists the sets whose scores are saved
+    if owns_files:
+        _write_original_files(config, run.method, scores, id_predictions, run_dir)
+    for key, unreadable in skipped.items():
+        print(
+            f"{key}: {len(session.datasets[key])} images requested, {len(unreadable)} unreadable skipped, "
+            f"{len(scores[key])} used (--skip-bad-images; listed in results.json)"
         )
-        report.check_scores(scores)
-        skipped = {k: extractor.skipped[t] for k, t in tags.items() if t in extractor.skipped}
-        fits[run.method] = _training_images(run.detector, stats, config)
-        files = stats.files_for(run.detector)
-        settings = {
-            **base,
-            "method": run.method,
-            "method_flag": run.flag,
-            "detector": {**run.detector.get_params(), **run.detector.fitted_values()},
-            "files": {
-                "checkpoint": {
-                    "path": setup.weights_source(checkpoint),
-                    "sha256": model_key["checkpoint_sha256"],
-                }
-            }
-            | files,
-            "num_images_used": {k: len(v) for k, v in scores.items()},
-            "skipped_bad_images": skipped,
-            "training_images": fits[run.method],
-        }
-        run_dir = _run_dir(config, run, _run_key(config, run, model_key, files))
-        previous = runs_store.read_run(run_dir) if (run_dir / "run.json").is_file() else {}
-        settings["sets_scored"] = list(dict.fromkeys([*previous.get("sets_scored", []), *scores]))
-        save_scores(run_dir, scores)
-        id_predictions = None
-        if "in" in scores:
-            id_predictions = {"labels": labels, "predictions": preds["in"], "confidence": confidence}
-            runs_store.save_id_predictions(run_dir, **id_predictions)
-        runs_store.write_run(run_dir, settings)  # last: it lists the sets whose scores are saved
-        if run.method in owners:
-            nat, others = original_files.write_original_files(
-                config.base_dir, config.label, config.name, run.method, config.detail, scores,
-                id_predictions, run_dir,
-            )  # fmt: skip
-            print(f"{run.method}: per-image scores in the original code's format in {nat}/")
-            if others:
-                listed = ", ".join(f"{f} ({w['method']})" for f, w in list(others.items())[:6])
-                more = f" and {len(others) - 6} more" if len(others) > 6 else ""
-                print(f"  note: {nat}/ also holds files of other runs: {listed}{more} (see written_by.json)")
-        for key, unreadable in skipped.items():
-            print(
-                f"{key}: {len(datasets[key])} images requested, {len(unreadable)} unreadable skipped, "
-                f"{len(scores[key])} used (--skip-bad-images; listed in results.json)"
-            )
-        settings["seconds_to_score"] = round(time.time() - t0, 2)
-        result = _complete(config, run.method, run_dir, names, settings, config.only)
-        if result is not None:
-            results.append(result)
-        print(f"{run.method}: {time.time() - t0:.1f} s")
-    _print_tables(config, results, names, fits)
-    print(f"forward passes: {extractor.images_forwarded} images ({time.time() - start:.1f} s in all)")
-    return results
+    settings["seconds_to_score"] = round(time.time() - t0, 2)
+    result = _complete(config, run.method, run_dir, session.names, settings, config.only)
+    print(f"{run.method}: {time.time() - t0:.1f} s")
+    return result, fit
+
+
+def _write_original_files(config: EvalConfig, method: str, scores, id_predictions, run_dir: Path) -> None:
+    """The original code's per-image text files of ``method`` (``pipeline/original_files.py``)."""
+    nat, others = original_files.write_original_files(
+        config.base_dir, config.label, config.name, method, config.detail, scores, id_predictions, run_dir
+    )
+    print(f"{method}: per-image scores in the original code's format in {nat}/")
+    if others:
+        listed = ", ".join(f"{f} ({w['method']})" for f, w in list(others.items())[:6])
+        more = f" and {len(others) - 6} more" if len(others) > 6 else ""
+        print(f"  note: {nat}/ also holds files of other runs: {listed}{more} (see written_by.json)")
 
 
 def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
@@ -204,12 +214,17 @@ def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
     }
 
 
-def _run_dir(config: EvalConfig, run, key: dict) -> Path:
+def _method_folder(config: EvalConfig, run) -> tuple[Path, str]:
+    """(the method's results folder, the readable part of its run ids) of a detector run."""
     detector = run.detector
     readable = runs_store.readable_settings(
         detector.get_params(), detector.inert_params(), config.max_samples, config.max_ood_samples
     )
-    folder = runs_store.method_dir(config.base_dir, config.label, run.method, config.name)
+    return runs_store.method_dir(config.base_dir, config.label, run.method, config.name), readable
+
+
+def _run_dir(config: EvalConfig, run, key: dict) -> Path:
+    folder, readable = _method_folder(config, run)
     return folder / runs_store.RUNS / runs_store.run_id(readable, key)
 
 
@@ -243,17 +258,15 @@ def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], 
         )
         return None
     ood = [n for n in names if n in saved] if only == "in" else names
+    predictions = runs_store.load_id_predictions(run_dir)
+    accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
     if only == "in" and not ood:
-        predictions = runs_store.load_id_predictions(run_dir)
-        accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
         print(
             f"{method}: ID test scores saved in {run_dir}/ (ID accuracy {100 * accuracy:.2f}%); the "
             "metrics follow once --out-dist-only scores the OOD sets with the same settings"
         )
         return None
     scores = runs_store.load_scores(run_dir, ["in", *ood])
-    predictions = runs_store.load_id_predictions(run_dir)
-    accuracy = float(np.mean(predictions["predictions"] == predictions["labels"]))
     groups = setup.ood_groups(config, ood)
     result = report.method_result(method, scores, accuracy, ood, settings, groups)
     title = f"{method} on {config.label} ({config.name})"
@@ -291,10 +304,7 @@ def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
     results, fits = [], {}
     for run in config.detectors:
         detector = run.detector
-        readable = runs_store.readable_settings(
-            detector.get_params(), detector.inert_params(), config.max_samples, config.max_ood_samples
-        )
-        folder = runs_store.method_dir(config.base_dir, config.label, run.method, config.name)
+        folder, readable = _method_folder(config, run)
         wanted = json.loads(json.dumps({k: getattr(config, k) for k in SAVED_RUN_FIELDS}))
         params = json.loads(json.dumps(detector.get_params()))
         candidates = []
@@ -338,17 +348,19 @@ def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:
     return results
 
 
-def _fit_and_score(run, fc, stats, features, datasets, extractor, tags, tf):
+def _fit_and_score(run, session, features: dict):
     """(scores, predictions per set, ID labels, ID max softmax) of one detector: fitted on the head
     and its statistics and scored from the cache, or for a network-level detector, on the images.
     Without an ID set (--out-dist-only) the last two are None."""
     detector = run.detector
     if detector.kind == "network":
-        detector.fit(extractor.model, setup.input_std(tf))
-        scores, preds, labels, confidence = score_images(detector, datasets, extractor, tags)
+        detector.fit(session.extractor.model, setup.input_std(session.transform))
+        scores, preds, labels, confidence = score_images(
+            detector, session.datasets, session.extractor, session.tags
+        )
         return scores, preds, labels.get("in"), confidence.get("in")
     try:
-        detector.fit(fc, **stats.for_detector(detector))
+        detector.fit(session.fc, **session.stats.for_detector(detector))
         scores, preds = score_cached(detector, features)
     except ValueError as exc:  # a setting the data cannot take (k above the bank, dim above D)
         raise UserError(f"{run.method}: {exc}") from None

@@ -1,13 +1,15 @@
 """Command-line flags shared by the scripts, and their translation into typed configurations.
 
-The detector flags are not written here: they are the ``params`` that the detectors of
-``detectors.registry`` declare, so a new detector's flags appear with it.
+The detector flags are not written here: they are generated from each detector's ``__init__``,
+``param_help`` and ``defaults`` (``detectors.base``), so a new detector's flags appear with it.
+``FLAG_ALIASES`` keeps the original repositories' spellings (``--p``, ``--p-w``, ``--p-a``,
+``--clip_threshold``) and older ones (ODIN's ``--temperature``, ``--noise``).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -23,7 +25,7 @@ from util.argtypes import (
     three_floats,
     three_positive_floats,
 )
-from util.data import CIFAR_OOD_SETS, IMAGENET_OOD_SETS, IN_DATASETS
+from util.datasets import ID_DATASETS, OOD_SETS, id_names
 from util.errors import UserError
 from util.openood import BENCHMARKS
 
@@ -59,8 +61,8 @@ def add_run_args(
         *in_dataset_flags,
         dest="in_dataset",
         default=None,
-        type=name_or_folder_arg(sorted(IN_DATASETS), "dataset"),
-        metavar="{" + ",".join(sorted(IN_DATASETS)) + "} or FOLDER",
+        type=name_or_folder_arg(list(ID_DATASETS), "dataset", id_names()),
+        metavar="{" + ",".join(sorted(ID_DATASETS)) + "} or FOLDER",
         help="in-distribution dataset: a name, or an image folder holding train/<class>/* and test/<class>/* "
         f"(or val/) (default: {in_dataset_default or 'every one whose data is present'})",
     )
@@ -169,14 +171,19 @@ def add_run_args(
     )
 
 
+def _default_ood_sets_text() -> str:
+    """Each ID dataset's default OOD sets, as the --out-datasets help shows them."""
+    return "; ".join(f"{' '.join(d.ood_sets)} on {name}" for name, d in ID_DATASETS.items())
+
+
 def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
     """The sets scored and where results go (ood_eval.py and sweep.py)."""
     parser.add_argument(
         "--out-datasets",
         nargs="+",
         default=None,
-        help=f"OOD set names or folders (default: the papers' sets, {' '.join(CIFAR_OOD_SETS)} on CIFAR, "
-        f"{' '.join(IMAGENET_OOD_SETS)} on ImageNet; extra: FashionMNIST gaussian uniform)",
+        help=f"OOD set names or folders (default: the papers' sets, {_default_ood_sets_text()}; "
+        f"named sets: {' '.join(OOD_SETS)})",
     )
     parser.add_argument(
         "--max-ood-samples",
@@ -299,44 +306,122 @@ def config_values(args: argparse.Namespace, config_class) -> dict:
 
 
 # -- detector flags ----------------------------------------------------------------------------
-def param_dest(param: Param) -> str:
-    return param.flags[0].lstrip("-").replace("-", "_")
+# Each detector parameter's flag, --<method>-<param>, comes from the detector (``Detector.params``).
+# This table keeps the spellings of the original LINe and DICE code and of earlier versions of this
+# one: spelling -> (parameter, the methods whose parameter it sets). A spelling of several methods
+# sets the parameter in each chosen method that takes it.
+CLIPPING_METHODS = ("react", "dice", "line")
+FLAG_ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--p": ("p", ("dice",)),
+    "--p-w": ("p_w", ("line",)),
+    "--p-a": ("p_a", ("line",)),
+    "--clip_threshold": ("clip_threshold", CLIPPING_METHODS),
+    "--clip-threshold": ("clip_threshold", CLIPPING_METHODS),
+    "--no-clip": ("activation_clipping", ("line",)),
+    "--no-ap": ("activation_pruning", ("line",)),
+    "--no-wp": ("weight_pruning", ("line",)),
+    "--temperature": ("temperature", ("odin",)),
+    "--noise": ("noise", ("odin",)),
+    "--bats-lambda": ("lam", ("bats",)),
+    "--vra-global": ("per_unit", ("vra",)),
+    "--weiper-bins": ("n_bins", ("weiper",)),
+    "--weiper-lambda1": ("lambda_1", ("weiper",)),
+    "--weiper-lambda2": ("lambda_2", ("weiper",)),
+}
+
+
+@dataclass(frozen=True)
+class DetectorFlag:
+    """One detector option of the parser: it sets parameter ``param.name`` in each chosen method of
+    ``methods``; ``param.flags``: its spellings, the first naming it in messages and giving its
+    ``dest``. A generated flag (``--knn-k``) has one method, an alias may have several."""
+
+    param: Param
+    methods: tuple[str, ...]
+
+    @property
+    def shown(self) -> str:
+        return self.param.flags[0]
+
+    @property
+    def dest(self) -> str:
+        return self.shown.lstrip("-").replace("-", "_")
+
+
+def _alias_flag(name: str, methods: tuple[str, ...], specs: dict) -> DetectorFlag | None:
+    """The option of the ``FLAG_ALIASES`` spellings that set ``name`` in ``methods``, parsed as the
+    methods' own flags are (``specs``: (method, parameter) -> Param); None when no method has it."""
+    present = tuple(m for m in methods if (m, name) in specs)
+    if not present:
+        return None
+    own = [specs[m, name] for m in present]
+    if len({(p.type, p.const) for p in own}) > 1:
+        raise ValueError(f"{' and '.join(p.flags[0] for p in own)} parse their values differently")
+    spellings = tuple(flag for flag, key in FLAG_ALIASES.items() if key == (name, methods))
+    each = " in each chosen method that takes it, defaults" if len(present) > 1 else ", default"
+    help_text = f"same as {', '.join(p.flags[0] for p in own)}{each} included"
+    return DetectorFlag(Param(name, spellings, help_text, own[0].type, own[0].const), present)
+
+
+def detector_flags() -> list[DetectorFlag]:
+    """Every detector option: each parameter's generated flag, then each alias (``FLAG_ALIASES``)."""
+    out, specs = [], {}
+    for param, users in registry.all_params():
+        out.append(DetectorFlag(param, tuple(users)))
+        specs.update({(user, param.name): param for user in users})
+    for name, methods in dict.fromkeys(FLAG_ALIASES.values()):
+        alias = _alias_flag(name, methods, specs)
+        out += [alias] if alias else []
+    return out
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per detector hyperparameter of the registry; unset flags are None."""
+    """One option per detector flag (``detector_flags``); unset options are None."""
     group = parser.add_argument_group("detector parameters (defaults: each paper's setting)")
-    for param, users in registry.all_params():
-        help_text = f"{param.help} [{', '.join(users)}]"
+    for flag in detector_flags():
+        param = flag.param
+        help_text = f"{param.help} [{', '.join(flag.methods)}]".replace("%", "%%")  # argparse's % format
         if param.is_switch:
             group.add_argument(
-                *param.flags, dest=param_dest(param), action="store_const", const=param.const, help=help_text
+                *param.flags, dest=flag.dest, action="store_const", const=param.const, help=help_text
             )
         else:
             group.add_argument(
-                *param.flags, dest=param_dest(param), type=param.type, default=None, help=help_text
+                *param.flags, dest=flag.dest, type=param.type, metavar=param.name.upper(), help=help_text
             )
 
 
 def given_params(args: argparse.Namespace, detector_class) -> dict:
-    """The hyperparameters of ``detector_class`` set on the command line."""
+    """The hyperparameters of ``detector_class`` set on the command line (its generated flag before
+    an alias, where both are given)."""
+    names = {p.name for p in detector_class.params}
     out = {}
-    for param in detector_class.params:
-        value = getattr(args, param_dest(param), None)
-        if value is not None:
-            out[param.name] = value
+    for flag in detector_flags():
+        value = getattr(args, flag.dest, None)
+        if value is not None and detector_class.name in flag.methods and flag.param.name in names:
+            out.setdefault(flag.param.name, value)
     return out
 
 
+def shown_flag(method: str, param: Param) -> str:
+    """The spelling of ``method``'s ``param`` that ``flags_of`` prints: the original code's (an alias)
+    where there is one, else the generated flag."""
+    aliases = (f for f, (name, methods) in FLAG_ALIASES.items() if name == param.name and method in methods)
+    return next(aliases, param.flags[0])
+
+
 def flags_of(detector) -> list[str]:
-    """The command-line flags that set ``detector``'s parameters as they are (switches when set)."""
+    """The command-line flags that set ``detector``'s parameters as they are (switches when set;
+    parameters without effect left out, as ``detector_runs`` refuses them)."""
     out = []
-    for param in detector.params:
+    inert = detector.inert_params()
+    for param in (p for p in detector.params if p.name not in inert):
         value = getattr(detector, param.name)
+        flag = shown_flag(detector.name, param)
         if param.is_switch:
-            out += [param.flags[0]] if value == param.const else []
+            out += [flag] if value == param.const else []
         elif value is not None:
-            out += [param.flags[0], f"{value:g}" if isinstance(value, float) else str(value)]
+            out += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return out
 
 
@@ -390,7 +475,7 @@ def parse_methods(text: str) -> list[str]:
 
 def original_method(args: argparse.Namespace) -> str:
     """--method as the original DICE/LINe code reads it: energy with --p is DICE, with
-    --clip_threshold ReAct."""
+    --clip_threshold ReAct (the original spellings only: ``args.p``, ``args.clip_threshold``)."""
     method = args.method or "energy"
     if method == "energy" and args.p is not None:
         return "dice"
@@ -413,19 +498,16 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
     else:
         flags = [args.method or "energy"]
         names = [original_method(args)]
-    runs, used = [], set()
+    runs, used, options = [], set(), detector_flags()
     for flag, name in zip(flags, names):
         cls, _ = registry.lookup(name)
         given = given_params(args, cls)
         run = DetectorRun(flag, registry.build(name, in_dataset, given))
-        used |= {param_dest(p) for p in cls.params if p.name not in run.detector.inert_params()}
+        inert = run.detector.inert_params()
+        used |= {o.dest for o in options if cls.name in o.methods and o.param.name not in inert}
         if run.method not in {r.method for r in runs}:  # line,taylor: one method, evaluated once
             runs.append(run)
-    unused = [
-        param.flags[0]
-        for param, _ in registry.all_params()
-        if getattr(args, param_dest(param), None) is not None and param_dest(param) not in used
-    ]
+    unused = [o.shown for o in options if getattr(args, o.dest, None) is not None and o.dest not in used]
     if getattr(args, "detail", None) is not None and not any(r.detector.name == "line" for r in runs):
         unused.append("--detail")
     if unused:

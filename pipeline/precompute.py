@@ -11,7 +11,8 @@ import numpy as np
 from detectors.statistics import class_mean_contributions, fill_empty_classes, mean_feature
 from models.checkpoints import resolve_checkpoint
 from util import distributed
-from util.data import IN_DATASETS, class_names, id_dataset
+from util.data import class_names
+from util.datasets import ID_DATASETS, id_dataset
 from util.errors import UserError
 from util.features import CACHE_VERSION
 from util.io import atomic_save_npy, atomic_write_json, sha256_file
@@ -29,7 +30,7 @@ def precompute_all(config: PrecomputeConfig) -> list[str]:
     if config.checkpoint:
         raise UserError("--checkpoint names the weights of one network: give --in-dataset with it")
     present, skipped = [], []
-    for in_dataset in IN_DATASETS:
+    for in_dataset, spec in ID_DATASETS.items():
         one = replace(config, in_dataset=in_dataset)  # name and architecture resolved per dataset
         try:
             id_dataset(in_dataset, "train", one.data_root, None, download=False)
@@ -40,8 +41,8 @@ def precompute_all(config: PrecomputeConfig) -> list[str]:
             skipped.append(in_dataset)
             hint = (
                 f"\n  (`python precompute.py --in-dataset {in_dataset}` downloads the data and checkpoint)"
-                if in_dataset in ("CIFAR-10", "CIFAR-100")
-                else "\n  (see the README's ImageNet section for the data and weights)"
+                if spec.downloads
+                else f"\n  ({spec.setup_hint})"
             )
             print(f"skipping {in_dataset} ({one.model_arch}): {exc}{hint}")
             continue
@@ -60,6 +61,8 @@ def precompute_all(config: PrecomputeConfig) -> list[str]:
 
 
 def precompute(config: PrecomputeConfig) -> None:
+    """One pass over the ID training set (or its features from the cache), then LINe's class-mean
+    contributions and DICE's mean feature written with their provenance."""
     config.device = distributed.setup(config.device)  # torchrun: join the process group
     start = time.time()
     ensure_writable_dir(config.cache_dir, "cache directory")
@@ -75,27 +78,8 @@ def precompute(config: PrecomputeConfig) -> None:
         print(f"training features loaded from cache {fs.path} (no forward pass)")
     if fs.skipped:
         print(f"images: {fs.requested} requested, {len(fs.skipped)} unreadable skipped, {len(fs)} used")
-
-    contrib, counts = class_mean_contributions(extractor.fc, fs.features, fs.labels)
-    mean = mean_feature(fs.features)
-    nonfinite = int(np.count_nonzero(~np.isfinite(contrib))) + int(np.count_nonzero(~np.isfinite(mean)))
-    if nonfinite:
-        raise UserError(
-            f"{nonfinite} NaN or infinite values in the statistics of {fs.path}: checkpoint "
-            f"{setup.weights_source(checkpoint)} gives non-finite features or logits; nothing was written"
-        )
+    contrib, mean, counts = _statistics(fs, extractor.fc, checkpoint, train)
     empty = np.flatnonzero(counts == 0)
-    if len(empty):
-        contrib = fill_empty_classes(contrib, counts, extractor.fc, mean)
-        names = class_names(train)
-        listed = ", ".join(f"{c} ({names[c]})" if c in names else str(c) for c in empty[:10])
-        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
-        print(
-            f"note: {len(empty)} of {len(counts)} classes have no training image: {listed}{more}. Their "
-            "LINe contributions are those of the mean training feature, h_mean * W[y] "
-            "(detectors.statistics.fill_empty_classes), not a class mean."
-        )
-
     provenance = {
         "code_version": code_version(),
         "in_dataset": config.label,
@@ -114,7 +98,41 @@ def precompute(config: PrecomputeConfig) -> None:
         "empty_class_contributions": "h_mean * W[y]" if len(empty) else None,
         "feature_cache": str(fs.path),
     }
-    contrib_file = contributions_path(config.cache_dir, config.label, config.name, config.method)
+    _write_statistics(config, contrib, mean, provenance)
+    print(
+        f"precompute done in {time.time() - start:.1f} s "
+        f"({extractor.images_forwarded} images through the network)"
+    )
+
+
+def _statistics(fs, fc, checkpoint, train) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class-mean contributions (C, D), mean feature (D,), images per class) of the training
+    features; a class without images takes the mean feature's contribution, said once."""
+    contrib, counts = class_mean_contributions(fc, fs.features, fs.labels)
+    mean = mean_feature(fs.features)
+    nonfinite = int(np.count_nonzero(~np.isfinite(contrib))) + int(np.count_nonzero(~np.isfinite(mean)))
+    if nonfinite:
+        raise UserError(
+            f"{nonfinite} NaN or infinite values in the statistics of {fs.path}: checkpoint "
+            f"{setup.weights_source(checkpoint)} gives non-finite features or logits; nothing was written"
+        )
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        contrib = fill_empty_classes(contrib, counts, fc, mean)
+        names = class_names(train)
+        listed = ", ".join(f"{c} ({names[c]})" if c in names else str(c) for c in empty[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        print(
+            f"note: {len(empty)} of {len(counts)} classes have no training image: {listed}{more}. Their "
+            "LINe contributions are those of the mean training feature, h_mean * W[y] "
+            "(detectors.statistics.fill_empty_classes), not a class mean."
+        )
+    return contrib, mean, counts
+
+
+def _write_statistics(config: PrecomputeConfig, contrib, mean, provenance: dict) -> None:
+    """The contributions (D, C) float32 and the mean feature, each with a JSON record beside it."""
+    contrib_file = contributions_path(config.cache_dir, config.label, config.name)
     stat_file = feat_stat_path(config.cache_dir, config.label, config.name)
     atomic_save_npy(contrib_file, contrib.T.astype(np.float32))
     atomic_save_npy(stat_file, mean)
@@ -123,7 +141,3 @@ def precompute(config: PrecomputeConfig) -> None:
             path.with_suffix(".json"), {"kind": kind, "sha256": sha256_file(path), **provenance}
         )
     print(f"wrote {contrib_file} {tuple(contrib.T.shape)} and {stat_file} {mean.shape}")
-    print(
-        f"precompute done in {time.time() - start:.1f} s "
-        f"({extractor.images_forwarded} images through the network)"
-    )

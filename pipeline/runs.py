@@ -1,7 +1,7 @@
 """Where each evaluation's results are kept, so that no run silently replaces another.
 
     {base_dir}/{in_dataset}/{method}/{name}/
-        results.json, scores/<set>.npy, plots/   the latest run of the method (DESIGN.md's place)
+        results.json, scores/<set>.npy, plots/   the latest run of the method (README.md)
         runs/<run id>/                           every run with its own settings, kept:
             run.json                             the settings (detector, checkpoint, subsets, ...)
             scores/<set>.npy                     per-image scores, in dataset order

@@ -8,23 +8,11 @@ from pathlib import Path
 from models import as_classifier, build_model, input_normalization, preferred_input
 from models.checkpoints import resolve_checkpoint
 from models.external import code_sha256, weights_sha256
-from util.data import (
-    CIFAR_DATASETS,
-    IN_DATASETS,
-    InputSpec,
-    balanced_subset,
-    dataset_input,
-    default_ood_sets,
-    folder_classes,
-    id_dataset,
-    missing_ood_message,
-    normalization,
-    ood_available,
-    ood_dataset,
-    spread_subset,
-)
+from util.data import balanced_subset, folder_classes, normalization, spread_subset
+from util.datasets import id_dataset, missing_ood_message, ood_available, ood_dataset
 from util.errors import UserError
 from util.features import FeatureExtractor
+from util.inputs import InputSpec
 from util.io import sha256_file
 from util.openood import get_benchmark, list_dataset
 
@@ -40,7 +28,7 @@ def num_classes(config: RunConfig) -> int:
             raise UserError(f"--num-classes {config.num_classes}: {config.benchmark} has {implied} classes")
         return implied
     if config.id_root is None:
-        implied = IN_DATASETS[config.in_dataset]
+        implied = config.dataset.num_classes
         if config.num_classes not in (None, implied):
             raise UserError(f"--num-classes {config.num_classes}: {config.in_dataset} has {implied} classes")
         return implied
@@ -113,20 +101,21 @@ def statistics_inputs(config: RunConfig) -> dict:
 def input_spec(config: RunConfig) -> InputSpec:
     """Resize, crop and normalisation of the ID images (and of the noise OOD sets).
 
-    On CIFAR the dataset's (32 px, CIFAR statistics), with a built-in architecture's own
-    normalisation where it has one (BiT: mean = std = 0.5); on ImageNet and image folders the
-    model's preferred input (built-in spec, torchvision weights' transforms, timm's config), else
-    ImageNet's (Resize 256, CenterCrop 224). --image-size (the crop; the resize keeps the
+    The dataset spec's input (CIFAR: 32 px, CIFAR statistics; ImageNet and image folders: Resize
+    256, CenterCrop 224, ImageNet statistics). Where the spec takes the model's input
+    (``model_input``: full-size images) the model's preferred input replaces it (built-in spec,
+    torchvision weights' transforms, timm's config); elsewhere only a built-in architecture's own
+    normalisation does (BiT: mean = std = 0.5). --image-size (the crop; the resize keeps the
     resize/crop ratio), --mean and --std override.
     """
-    cifar = config.id_root is None and config.in_dataset in CIFAR_DATASETS
-    spec = dataset_input(config.in_dataset if cifar else "imagenet")
-    if cifar:
+    dataset = config.dataset
+    spec = dataset.input
+    if dataset.model_input:
+        spec = preferred_input(config.model_arch) or spec
+    else:
         norm = input_normalization(config.model_arch)
         if norm is not None:
             spec = replace(spec, mean=tuple(norm[0]), std=tuple(norm[1]))
-    else:
-        spec = preferred_input(config.model_arch) or spec
     if config.image_size is not None:
         resize = round(config.image_size * spec.resize / spec.crop)
         spec = replace(spec, resize=resize, crop=config.image_size)
@@ -185,23 +174,29 @@ def train_set(config: RunConfig, tf):
 
 
 def test_sets(
-    config: RunConfig, tf, requested: list[str] | None, extra: tuple[str, ...] = (), ood: bool = True
+    config: RunConfig,
+    tf,
+    requested: list[str] | None,
+    extra: tuple[str, ...] = (),
+    ood: bool = True,
+    val: bool = False,
 ):
     """(sets, OOD names): the ID test set (key ``in``), then ``extra`` and the OOD sets
     (``ood_set_names``), each limited to ``max_samples`` images spread over the set (the OOD sets
     also to ``max_ood_samples``). With
     ``ood=False`` (--in-dist-only) only the ID set is built, and the OOD names are those requested
-    or found, none required. With --benchmark, the benchmark's lists (``benchmark_sets``)."""
+    or found, none required. With --benchmark, the benchmark's lists (``benchmark_sets``; ``val``:
+    its validation lists too)."""
     if config.benchmark is not None:
-        return benchmark_sets(config, tf, requested, ood=ood)
+        return benchmark_sets(config, tf, requested, ood=ood, val=val)
     in_test = id_dataset(
         config.in_dataset, "test", config.data_root, tf, id_root=config.id_root, class_map=config.class_map
     )
     sets = {"in": spread_subset(in_test, config.max_samples)}
     if not ood:
-        found = [n for n in default_ood_sets(config.in_dataset) if ood_available(n, config.data_root)]
+        found = [n for n in config.dataset.ood_sets if ood_available(n, config.data_root)]
         return sets, list(requested or found)
-    names = ood_set_names(config.in_dataset, config.data_root, requested)
+    names = ood_set_names(config.dataset.ood_sets, config.data_root, requested)
     for name in [*extra, *names]:
         limits = [n for n in (config.max_samples, getattr(config, "max_ood_samples", None)) if n]
         sets[name] = spread_subset(ood_dataset(name, config.data_root, tf), min(limits, default=None))
@@ -258,15 +253,16 @@ def set_tag(config: RunConfig, key: str) -> str:
     return tag(config, "test" if key == "in" else key)
 
 
-def ood_set_names(in_dataset: str, data_root: str, requested: list[str] | None) -> list[str]:
-    """Requested OOD sets (all must exist); by default the papers' sets found, one line per absent one."""
+def ood_set_names(defaults: tuple[str, ...], data_root: str, requested: list[str] | None) -> list[str]:
+    """Requested OOD sets (all must exist); else those of ``defaults`` (the ID dataset spec's) found,
+    one line per absent one."""
     if requested:
         missing = [n for n in requested if not ood_available(n, data_root)]
         if missing:
             raise UserError("\n".join(missing_ood_message(n, data_root) for n in missing))
         return list(requested)
     names = []
-    for name in default_ood_sets(in_dataset):
+    for name in defaults:
         if ood_available(name, data_root):
             names.append(name)
         else:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from detectors import registry
 from detectors.base import score_features
-from util.data import paper_setting
 from util.errors import UserError
 from util.io import atomic_write_json
 from util.metrics import auroc, fpr_at_95_tpr, ood_metrics
@@ -32,7 +32,7 @@ from . import setup
 from .config import SweepConfig
 from .runs import method_dir
 from .scoring import score_images
-from .statistics import TrainingStatistics
+from .session import open_session
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def grid_of(config: SweepConfig, feature_dim: int) -> dict[str, tuple]:
     """The detector's search space with the axes of ``config.grid`` replaced."""
     cls, fixed = registry.lookup(config.method)
-    inert = registry.build(config.method, paper_setting(config.in_dataset)).inert_params()
+    inert = registry.build(config.method, config.dataset.preset).inert_params()
     space = {k: v for k, v in cls.search_space(feature_dim).items() if k not in inert}
     for name, values in config.grid.items():
         if name in fixed:
@@ -56,116 +56,173 @@ def grid_of(config: SweepConfig, feature_dim: int) -> dict[str, tuple]:
     return space
 
 
+@dataclass(frozen=True)
+class Validation:
+    """Where a sweep selects its setting: the ID validation images (a list of their own, key
+    ``id_key``, or a seeded ``fraction`` of the ID test set), the validation OOD set (key
+    ``ood_key``) and the rule (best AUROC, OpenOOD's; else lowest FPR95, then highest AUROC)."""
+
+    ood_key: str
+    id_key: str | None
+    fraction: float | None
+    seed: int | None
+    description: str
+    selection: str
+    by_auroc: bool
+
+    def split(self, part: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(ID validation scores, ID test scores) of one setting's scores."""
+        if self.id_key is not None:
+            return part[self.id_key], part["in"]
+        val_idx, test_idx = split_indices(len(part["in"]), self.fraction, self.seed)
+        return part["in"][val_idx], part["in"][test_idx]
+
+    def best(self, rows: list[dict]) -> dict:
+        if self.by_auroc:
+            return max(rows, key=lambda r: (r["val_AUROC"], -r["val_FPR95"]))
+        return min(rows, key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
+
+
+def validation_of(config: SweepConfig) -> Validation:
+    """An OpenOOD benchmark's validation lists (its spec names them), else --val-fraction of the
+    ID test set against --val-ood."""
+    if config.benchmark:
+        bench = get_benchmark(config.benchmark)
+        return Validation(
+            f"val_{bench.val_ood}", "in_val", None, None, f"ID validation list val_{bench.id_set}",
+            f"best AUROC of ID val_{bench.id_set} against OOD val_{bench.val_ood} (OpenOOD v1.5's search)",
+            by_auroc=True,
+        )  # fmt: skip
+    return Validation(
+        config.val_ood, None, config.val_fraction, config.seed,
+        f"ID validation share {config.val_fraction:g} (seed {config.seed})",
+        f"lowest FPR95 (then highest AUROC) of the ID validation share against {config.val_ood}",
+        by_auroc=False,
+    )  # fmt: skip
+
+
+def _sweep_sets(config: SweepConfig, validation: Validation, tf) -> tuple[dict, list[str]]:
+    """The test sets plus the validation sets (a benchmark's lists, or the --val-ood set)."""
+    own_lists = validation.id_key is not None
+    extra = () if own_lists else (validation.ood_key,)
+    datasets, names = setup.test_sets(config, tf, config.out_datasets, extra=extra, val=own_lists)
+    if validation.ood_key in names:
+        raise UserError(f"the validation OOD set {validation.ood_key!r} is also a test OOD set; pick another")
+    return datasets, names
+
+
 def sweep(config: SweepConfig) -> dict:
+    """Score every setting of the grid, select on the validation data, report and write sweep.json."""
     start = time.time()
     if not 0 < config.val_fraction < 1:
         raise UserError(f"--val-fraction {config.val_fraction} must be between 0 and 1")
     ensure_writable_dir(config.cache_dir, "cache directory")
-    tf = setup.transform(config)
-    if config.benchmark:  # OpenOOD's automatic parameter search: its ID and OOD validation lists
-        bench = get_benchmark(config.benchmark)
-        datasets, test_names = setup.benchmark_sets(config, tf, config.out_datasets, val=True)
-        val_ood = f"val_{bench.val_ood}"
-        selection = f"best AUROC of ID val_{bench.id_set} against OOD {val_ood} (OpenOOD v1.5's search)"
-    else:
-        datasets, test_names = setup.test_sets(config, tf, config.out_datasets, extra=(config.val_ood,))
-        if config.val_ood in test_names:
-            raise UserError(f"the validation OOD set {config.val_ood!r} is also a test OOD set; pick another")
-        val_ood = config.val_ood
-        selection = f"lowest FPR95 (then highest AUROC) of the ID validation share against {val_ood}"
-    groups = setup.ood_groups(config, test_names)
-    model, model_key, _ = setup.load_classifier(config)
-    fc = model.get_classifier()
-    extractor = setup.make_extractor(config, model, model_key)
-    tags = {key: setup.set_tag(config, key) for key in datasets}
-    space = grid_of(config, fc.in_features)
-    base = registry.build(config.method, paper_setting(config.in_dataset))
+    validation = validation_of(config)
+    session = open_session(config, lambda tf: _sweep_sets(config, validation, tf))
+    groups = setup.ood_groups(config, session.names)
+    space = grid_of(config, session.fc.in_features)
+    base = registry.build(config.method, config.dataset.preset)
     settings = [dict(zip(space, values)) for values in itertools.product(*space.values())]
-    stats = TrainingStatistics(
-        config,
-        model_key,
-        setup.num_classes(config),
-        fc.in_features,
-        lambda: extractor.extract(setup.train_set(config, tf), setup.tag(config, "train")),
-        model=model,
-    )
-    network = base.kind == "network"
-    if not network:
-        for name in base.needs():  # the files fail here, before any forward pass
-            stats.get(name)
-        features = {key: extractor.extract(ds, tags[key]) for key, ds in datasets.items()}
-        blocks = [np.asarray(fs.features, dtype=np.float32) for fs in features.values()]
-        stacked = np.concatenate(blocks)
-        bounds = dict(zip(features, np.cumsum([0, *map(len, blocks)])))
-        keys = list(features)
+    score, forward_note = _scorer(config, base, session)
     extracted = time.time()
-    if network:
-        forward_note = "a network-level detector: the network runs on every set for each setting"
-    elif extractor.images_forwarded == 0:
-        forward_note = "no forward pass: every set came from the cache"
-    else:
-        forward_note = f"{extractor.images_forwarded} images forwarded (now cached)"
-    val_idx = test_idx = None  # split once the ID scores exist: unreadable images are not scored
-    validation = (
-        f"ID validation list val_{get_benchmark(config.benchmark).id_set}"
-        if config.benchmark
-        else f"ID validation share {config.val_fraction:g} (seed {config.seed})"
-    )
     print(
         f"{config.method}: {len(settings)} settings of {', '.join(space) or '(no parameter)'}; "
-        f"features ready in {extracted - start:.1f} s ({forward_note}); {validation}; "
-        f"validation OOD: {val_ood}"
+        f"features ready in {extracted - start:.1f} s ({forward_note}); {validation.description}; "
+        f"validation OOD: {validation.ood_key}"
     )
-
-    rows, last = [], base
+    rows, val_images = [], 0
     for setting in settings:
-        if network:
-            detector = base.with_params(**setting).fit(extractor.model, setup.input_std(tf))
-            part, _, _, _ = score_images(detector, datasets, extractor, tags)
-        else:
-            # Shares the previous setting's fit when only parameters the fit ignores changed.
-            detector = last.with_params(**setting)
+        part = score(setting)
+        val_images = len(validation.split(part)[0])
+        rows.append(_row(setting, part, validation, session.names, groups))
+    best = validation.best(rows)
+    _print_rows(rows, best, list(space), session.names, validation.selection, time.time() - extracted)
+    for g, m in best.get("groups", {}).items():
+        print(
+            f"  {g} AVG ({', '.join(groups[g])}): FPR95 (ID+) {100 * m['FPR95']:.2f}, FPR95 (OOD+) "
+            f"{100 * m['FPR95_OOD_POSITIVE']:.2f}, AUROC {100 * m['AUROC']:.2f}"
+        )
+    out_dir = method_dir(config.base_dir, config.label, f"{base.run_name()}_sweep", config.name)
+    summary = {
+        "method": base.run_name(),
+        "defaults": base.get_params(),
+        "grid": {a: list(v) for a, v in space.items()},
+        "selected": best,
+        "rows": rows,
+        "selection": validation.selection,
+        "val_ood": validation.ood_key,
+        "val_fraction": validation.fraction,
+        "val_images": val_images,
+        "seed": validation.seed,
+        "groups": groups,
+        "test_sets": session.names,
+        "images_forwarded": session.extractor.images_forwarded,
+        "settings": config.settings(),
+    }
+    atomic_write_json(out_dir / "sweep.json", summary)
+    if len(space) >= 2:
+        _heatmap(config, base.run_name(), out_dir, rows, best, list(space))
+    print(f"results: {out_dir / 'sweep.json'}  ({time.time() - start:.1f} s in all)")
+    return summary
+
+
+def _scorer(config: SweepConfig, base, session):
+    """(setting -> {set key: scores}, what extracting the sets cost). Feature-level detectors score
+    all sets stacked from the cache, refitting only when a setting changes what the fit depends on;
+    network-level ones run the network on the images for each setting."""
+    if base.kind == "network":
+
+        def score_network(setting: dict) -> dict:
+            detector = base.with_params(**setting).fit(
+                session.extractor.model, setup.input_std(session.transform)
+            )
+            return score_images(detector, session.datasets, session.extractor, session.tags)[0]
+
+        return score_network, "a network-level detector: the network runs on every set for each setting"
+    for name in base.needs():  # the files fail here, before any forward pass
+        session.stats.get(name)
+    features = session.extract_sets()
+    stacked = np.concatenate([np.asarray(fs.features, dtype=np.float32) for fs in features.values()])
+    bounds = dict(zip(features, np.cumsum([0, *(len(fs) for fs in features.values())])))
+    last = [base]
+
+    def score_features_of(setting: dict) -> dict:
+        detector = last[0].with_params(**setting)  # shares the fit when only unfitted params changed
+        try:
             if not detector.is_fitted:
-                try:
-                    detector.fit(fc, **stats.for_detector(detector))
-                except ValueError as exc:
-                    raise UserError(f"{config.method} {setting}: {exc}") from None
-            last = detector
-            try:
-                scores, _ = score_features(detector, stacked)
-            except ValueError as exc:
-                raise UserError(f"{config.method} {setting}: {exc}") from None
-            part = {k: scores[bounds[k] : bounds[k] + len(features[k])] for k in keys}
-        if config.benchmark:
-            id_val, id_test = part["in_val"], part["in"]
-        else:
-            if val_idx is None:
-                val_idx, test_idx = split_indices(len(part["in"]), config.val_fraction, config.seed)
-            id_val, id_test = part["in"][val_idx], part["in"][test_idx]
-        test = {s: ood_metrics(id_test, part[s], with_ood_positive=True) for s in test_names}
-        row = {
-            **setting,
-            "val_FPR95": fpr_at_95_tpr(id_val, part[val_ood]),
-            "val_AUROC": auroc(id_val, part[val_ood]),
-            "test": {s: {k: m[k] for k in ("FPR95", "FPR95_OOD_POSITIVE", "AUROC")} for s, m in test.items()},
-            "test_FPR95": float(np.mean([m["FPR95"] for m in test.values()])),
-            "test_AUROC": float(np.mean([m["AUROC"] for m in test.values()])),
+                detector.fit(session.fc, **session.stats.for_detector(detector))
+            last[0] = detector
+            scores, _ = score_features(detector, stacked)
+        except ValueError as exc:
+            raise UserError(f"{config.method} {setting}: {exc}") from None
+        return {k: scores[bounds[k] : bounds[k] + len(fs)] for k, fs in features.items()}
+
+    return score_features_of, session.forward_note()
+
+
+def _row(setting: dict, part: dict, validation: Validation, test_names: list[str], groups: dict) -> dict:
+    """One setting's validation and test metrics (test: each set, their mean, each group's mean)."""
+    id_val, id_test = validation.split(part)
+    test = {s: ood_metrics(id_test, part[s], with_ood_positive=True) for s in test_names}
+    keys = ("FPR95", "FPR95_OOD_POSITIVE", "AUROC")
+    row = {
+        **setting,
+        "val_FPR95": fpr_at_95_tpr(id_val, part[validation.ood_key]),
+        "val_AUROC": auroc(id_val, part[validation.ood_key]),
+        "test": {s: {k: m[k] for k in keys} for s, m in test.items()},
+        "test_FPR95": float(np.mean([m["FPR95"] for m in test.values()])),
+        "test_AUROC": float(np.mean([m["AUROC"] for m in test.values()])),
+    }
+    if groups:
+        row["groups"] = {
+            g: {k: float(np.mean([row["test"][s][k] for s in sets])) for k in keys}
+            for g, sets in groups.items()
         }
-        if groups:
-            row["groups"] = {
-                g: {
-                    k: float(np.mean([row["test"][s][k] for s in sets]))
-                    for k in ("FPR95", "FPR95_OOD_POSITIVE", "AUROC")
-                }
-                for g, sets in groups.items()
-            }
-        rows.append(row)
-    swept = time.time()
-    if config.benchmark:
-        best = max(rows, key=lambda r: (r["val_AUROC"], -r["val_FPR95"]))
-    else:
-        best = min(rows, key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
-    axes = list(space)
+    return row
+
+
+def _print_rows(rows: list[dict], best: dict, axes: list[str], test_names, selection: str, seconds: float):
+    """The table of every setting (the selected one marked) and the selection line."""
     head = "".join(f"{a:>16}" for a in axes)
     print(
         f"{head} | {'val FPR95':>9}{'val AUROC':>10} | {'test FPR95':>10}{'test AUROC':>11}"
@@ -180,48 +237,28 @@ def sweep(config: SweepConfig) -> dict:
         )
     chosen = ", ".join(f"{a}={best[a]}" for a in axes) or "the defaults"
     print(
-        f"{len(rows)} settings scored in {swept - extracted:.1f} s; "
+        f"{len(rows)} settings scored in {seconds:.1f} s; "
         f"selected by {selection}: {chosen} -> "
         f"test FPR95 {100 * best['test_FPR95']:.2f}, AUROC {100 * best['test_AUROC']:.2f}"
     )
-    for g, m in best.get("groups", {}).items():
-        print(
-            f"  {g} AVG ({', '.join(groups[g])}): FPR95 (ID+) {100 * m['FPR95']:.2f}, FPR95 (OOD+) "
-            f"{100 * m['FPR95_OOD_POSITIVE']:.2f}, AUROC {100 * m['AUROC']:.2f}"
-        )
-    out_dir = method_dir(config.base_dir, config.label, f"{base.run_name()}_sweep", config.name)
-    summary = {
-        "method": base.run_name(),
-        "defaults": base.get_params(),
-        "grid": {a: list(v) for a, v in space.items()},
-        "selected": best,
-        "rows": rows,
-        "selection": selection,
-        "val_ood": val_ood,
-        "val_fraction": None if config.benchmark else config.val_fraction,
-        "val_images": len(part["in_val"]) if config.benchmark else len(val_idx),
-        "seed": None if config.benchmark else config.seed,
-        "groups": groups,
-        "test_sets": test_names,
-        "images_forwarded": extractor.images_forwarded,
-        "settings": config.settings(),
-    }
-    atomic_write_json(out_dir / "sweep.json", summary)
-    if len(axes) >= 2:
-        from util.plots import plot_sweep_heatmap  # matplotlib only when there is a grid to draw
 
-        x, y = axes[1], axes[0]
-        others = {a: best[a] for a in axes[2:]}
-        cells = [r | {"FPR95": r["test_FPR95"]} for r in rows if all(r[a] == v for a, v in others.items())]
-        suffix = "".join(f"_{a}{v:g}" if isinstance(v, float) else f"_{a}{v}" for a, v in others.items())
-        heatmap = plot_sweep_heatmap(
-            cells,
-            out_dir / f"heatmap{suffix}.png",
-            title=f"{base.run_name()} on {config.label}: average test FPR95"
-            + (f" at {', '.join(f'{a}={v:g}' for a, v in others.items())}" if others else ""),
-            rows_key=y,
-            cols_key=x,
-        )
-        print(f"heat map: {heatmap}")
-    print(f"results: {out_dir / 'sweep.json'}  ({time.time() - start:.1f} s in all)")
-    return summary
+
+def _heatmap(
+    config: SweepConfig, method: str, out_dir, rows: list[dict], best: dict, axes: list[str]
+) -> None:
+    """Average test FPR95 over the first two axes, the others at the selected values (PNG)."""
+    from util.plots import plot_sweep_heatmap  # matplotlib only when there is a grid to draw
+
+    x, y = axes[1], axes[0]
+    others = {a: best[a] for a in axes[2:]}
+    cells = [r | {"FPR95": r["test_FPR95"]} for r in rows if all(r[a] == v for a, v in others.items())]
+    suffix = "".join(f"_{a}{v:g}" if isinstance(v, float) else f"_{a}{v}" for a, v in others.items())
+    heatmap = plot_sweep_heatmap(
+        cells,
+        out_dir / f"heatmap{suffix}.png",
+        title=f"{method} on {config.label}: average test FPR95"
+        + (f" at {', '.join(f'{a}={v:g}' for a, v in others.items())}" if others else ""),
+        rows_key=y,
+        cols_key=x,
+    )
+    print(f"heat map: {heatmap}")

@@ -1,6 +1,8 @@
 """Plain, obviously-correct reference implementations of the papers' definitions, for the tests only.
 
-Loops over samples and classes, numpy.percentile, float64 everywhere.
+Loops over samples and classes, numpy.percentile, float64 everywhere. Also the synthetic problems
+the detector tests share (non-negative continuous features like post-ReLU ones, no ties, and a random
+head) and the helpers that fit a detector on them and score their test features.
 """
 
 import numpy as np
@@ -74,3 +76,60 @@ def synthetic_problem(seed=0, num_classes=5, dim=24, n_train=400, n_test=60, tra
         out["labels"][:num_classes] = np.arange(num_classes)
     out["test"] = features(n_test, 1.2)
     return out
+
+
+def problem_with_statistics(seed=0, num_classes=5, dim=24):
+    """``synthetic_problem`` with labels, plus ``contrib`` (the class means of h * W[c] over the
+    training features h of class c) and ``stats``: the training statistics a detector's ``fit`` may ask
+    for (train_features, train_labels, contributions)."""
+    s = synthetic_problem(seed=seed, num_classes=num_classes, dim=dim, labels=True)
+    train, labels, W = s["train"], s["labels"], s["W"]
+    s["contrib"] = np.array([(train[labels == c] * W[c]).mean(0) for c in range(num_classes)])
+    s["stats"] = dict(train_features=train, train_labels=labels, contributions=s["contrib"])
+    return s
+
+
+def fitted(detector, s, fc=None):
+    """``detector`` fitted on the head and the statistics its ``fit`` asks for."""
+    return detector.fit(fc if fc is not None else s["fc"], **{k: s["stats"][k] for k in detector.needs()})
+
+
+def scores_and_predictions(detector, s):
+    """The scores and predicted classes of ``s["test"]`` by ``detector`` fitted on ``s``
+    (a ``problem_with_statistics``), scored in chunks of 17 rows."""
+    from detectors.base import score_features
+
+    fitted(detector, s)
+    return score_features(detector, s["test"], chunk=17)
+
+
+def fitted_scores(detector, s, **stats):
+    """The scores of ``s["test"]`` by ``detector`` fitted on the training features and labels of ``s``
+    (a ``synthetic_problem`` with labels) and the given ``stats``, scored in chunks of 17 rows."""
+    from detectors.base import score_features
+
+    given = {"train_features": s["train"], "train_labels": s["labels"], **stats}
+    detector.fit(s["fc"], **{k: given[k] for k in detector.needs()})
+    return score_features(detector, s["test"], chunk=17)[0]
+
+
+def energy_ref(rows, W, b):
+    """The energy logsumexp(W x + b) of each row x."""
+    return np.array([logsumexp(W @ x + b) for x in rows])
+
+
+def logits(x, s):
+    """The head's logits W x + b of the problem ``s``, in float64."""
+    return s["W"] @ np.asarray(x, np.float64) + s["b"]
+
+
+def softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def eval_config(argv):
+    """The EvalConfig that ``ood_eval.py ARGV`` runs, parsed as the script parses it."""
+    import ood_eval
+
+    return ood_eval.config_of(ood_eval.build_parser().parse_args(argv))

@@ -363,8 +363,8 @@ def test_interrupted_precompute_resumes_to_the_same_result(env, precomputed, tmp
         (["-b", "0"], "argument -b/--batch-size: 0 is out of range; expected an integer >= 1"),
         (["--workers", "-1"], "argument --workers: -1 is out of range; expected an integer >= 0"),
         (["--max-samples", "0"], "0 is out of range; expected an integer >= 1"),
-        (["--in-dataset", "cifar10"], "unknown dataset 'cifar10': choose from CIFAR-10, CIFAR-100"),
-        (["--in-dataset", "cifar10"], "did you mean 'CIFAR-10'?"),
+        (["--in-dataset", "cifar-11"], "unknown dataset 'cifar-11': choose from CIFAR-10, CIFAR-100"),
+        (["--in-dataset", "cifar-11"], "did you mean 'CIFAR-10'?"),
         (["--model-arch", "densenett"], "unknown model 'densenett'; choose one of densenet"),
     ],
 )

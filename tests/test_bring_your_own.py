@@ -9,19 +9,18 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from reference import eval_config
 
 import ood_eval
 import precompute
 from pipeline import setup
 from pipeline.config import EvalConfig, RunConfig
 from util.data import (
-    IMAGENET_INPUT,
     dataset_labels,
     follow_link_files,
-    id_dataset,
-    imagenet_dataset,
     read_class_map,
 )
+from util.datasets import IMAGENET_INPUT, id_dataset
 from util.errors import UserError
 
 
@@ -105,12 +104,12 @@ def test_image_size_mean_and_std_flags_override_and_keep_the_resize_ratio():
 
 
 def test_input_flags_parse_and_reach_the_configuration():
-    config = ood_eval.config_from_flags(
+    config = eval_config(
         ["--model-arch", "timm:resnet18", "--image-size", "64", "--mean", "0.5,0.5,0.5", "--std", "1 1 1"]
     )
     assert (config.image_size, config.mean, config.std) == (64, (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
     with pytest.raises(SystemExit):
-        ood_eval.config_from_flags(["--mean", "0.5,0.5"])
+        eval_config(["--mean", "0.5,0.5"])
 
 
 # -- image-folder ID datasets -------------------------------------------------------------------
@@ -237,9 +236,9 @@ def imagenet_root(tmp_path_factory):
 
 
 def test_an_imagenet_val_subset_keeps_each_wnids_label_among_the_1000(imagenet_root):
-    val = imagenet_dataset("val", imagenet_root, IMAGENET_INPUT.transform())
+    val = id_dataset("imagenet", "test", imagenet_root, IMAGENET_INPUT.transform())
     assert dataset_labels(val).tolist() == [3, 3, 500, 500, 999, 999]
-    train = imagenet_dataset("train", imagenet_root, IMAGENET_INPUT.transform())
+    train = id_dataset("imagenet", "train", imagenet_root, IMAGENET_INPUT.transform())
     assert len(train) == 998 and set(dataset_labels(train)) == set(range(1000)) - {5, 6}
 
 
@@ -249,7 +248,7 @@ def test_a_val_wnid_that_is_not_a_training_class_is_named(imagenet_root, tmp_pat
             (tmp_path / "ILSVRC-2012" / split / name).mkdir(parents=True)
     _images(tmp_path / "ILSVRC-2012" / "val" / "n99999999", 1, np.random.default_rng(0), 8)
     with pytest.raises(UserError, match="not among the 1000 classes.*n99999999"):
-        imagenet_dataset("val", tmp_path, None)
+        id_dataset("imagenet", "test", tmp_path, None)
 
 
 def test_a_link_stored_as_a_text_file_is_followed(tmp_path):
@@ -339,7 +338,7 @@ def test_images_outside_class_folders_of_an_id_split_are_refused(imagenet_root, 
         (tmp_path / "ILSVRC-2012" / "train" / f"n{c:08d}").mkdir(parents=True)
     _images(tmp_path / "ILSVRC-2012" / "val", 2, np.random.default_rng(0), 8)  # ILSVRC's flat val
     with pytest.raises(UserError, match="2 image.s. outside class folders.*valprep"):
-        imagenet_dataset("val", tmp_path, None)
+        id_dataset("imagenet", "test", tmp_path, None)
 
 
 def test_a_training_subset_spreads_over_the_classes_that_have_images():

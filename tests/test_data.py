@@ -11,11 +11,10 @@ from util.data import (
     NoiseImages,
     balanced_subset,
     dataset_labels,
-    id_transform,
     image_folder,
-    ood_dataset,
     read_idx_images,
 )
+from util.datasets import id_transform, ood_dataset
 
 
 def write_images(root, layout):

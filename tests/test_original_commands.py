@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import REPO
 from PIL import Image
+from reference import eval_config
 
 import ood_eval
 import precompute
@@ -63,7 +64,7 @@ MODEL_CLASSES = {"densenet": DenseNet3, "resnet50": ResNet50}
 
 @pytest.mark.parametrize("source, command, arch, name, method", ORIGINAL_EVAL_COMMANDS)
 def test_original_ood_eval_command_builds_the_architecture_it_names(source, command, arch, name, method):
-    config = ood_eval.config_from_flags(shlex.split(command))
+    config = eval_config(shlex.split(command))
     assert (config.model_arch, config.name) == (arch, name), source
     assert [run.method for run in config.detectors] == [method]
     classes = {"CIFAR-10": 10, "CIFAR-100": 100, "imagenet": 1000}[config.in_dataset]
@@ -84,13 +85,13 @@ def test_original_ood_eval_command_builds_the_architecture_it_names(source, comm
     ],
 )  # fmt: skip
 def test_architecture_is_explicit_then_a_known_name_then_the_datasets_default(argv, arch, name):
-    config = ood_eval.config_from_flags(argv)
+    config = eval_config(argv)
     assert (config.model_arch, config.name) == (arch, name)
 
 
 @pytest.mark.parametrize("flags", [LINE_EVAL_FLAGS, DICE_EVAL_FLAGS])
 def test_every_flag_of_the_original_ood_eval_is_accepted_and_the_ignored_ones_named_once(flags, capsys):
-    config = ood_eval.config_from_flags(shlex.split(flags))
+    config = eval_config(shlex.split(flags))
     out = capsys.readouterr().out
     assert config.batch_size == 50 and config.epochs == 100 and config.base_dir == "output/ood_scores"
     ignored = [line for line in out.splitlines() if line.startswith("ignored")]
@@ -101,7 +102,7 @@ def test_every_flag_of_the_original_ood_eval_is_accepted_and_the_ignored_ones_na
     if not torch.cuda.is_available():
         assert config.device == "cpu" and out.count("--gpu 0: this machine has no CUDA GPU") == 1
     for switch in ("--in-dist-only", "--out-dist-only", "--cal-metric"):
-        ood_eval.config_from_flags([*shlex.split(flags), switch])
+        eval_config([*shlex.split(flags), switch])
 
 
 @pytest.mark.parametrize(
@@ -120,7 +121,7 @@ def test_original_precompute_flags_are_accepted(argv, in_dataset, arch):
 
 def test_gpu_and_device_together_are_refused():
     with pytest.raises(UserError, match="--device or --gpu, not both"):
-        ood_eval.config_from_flags(["--gpu", "0", "--device", "cpu"])
+        eval_config(["--gpu", "0", "--device", "cpu"])
 
 
 def test_scripts_run_as_the_readmes_write_them():
@@ -352,7 +353,7 @@ def test_max_samples_limits_the_training_features_and_the_table_says_when_fits_d
 )  # fmt: skip
 def test_a_flag_that_does_not_apply_is_an_error_naming_flag_and_method(argv, flag, method):
     with pytest.raises(UserError, match=f"{flag} applies to none of the chosen method\\(s\\) {method}"):
-        ood_eval.config_from_flags(argv)
+        eval_config(argv)
 
 
 def test_runs_with_other_settings_are_kept_and_the_latest_is_in_the_canonical_place(repo_root, monkeypatch):
@@ -454,7 +455,7 @@ def _small_imagenet_input(config):
     """ImageNet's input at 32 instead of 224 pixels: ResNet-50 then runs 2,000 images in seconds."""
     from dataclasses import replace
 
-    from util.data import IMAGENET_INPUT
+    from util.datasets import IMAGENET_INPUT
 
     return replace(IMAGENET_INPUT, resize=32, crop=32)
 

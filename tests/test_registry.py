@@ -8,6 +8,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from reference import eval_config
 
 import ood_eval
 from detectors import registry
@@ -95,7 +96,7 @@ def test_with_params_shares_the_fit_only_when_the_fit_does_not_depend_on_the_cha
     looser = line.with_params(clip_threshold=2.0)
     assert looser.route_ is line.route_ and line.clip_threshold == 1.0 and looser.clip_threshold == 2.0
     refit = line.with_params(p_w=50.0)
-    assert not hasattr(refit, "route_") and line.p_w == 90.0
+    assert not refit.is_fitted and "route_" not in vars(refit) and line.p_w == 90.0
     expected, _ = score_features(registry.build("line", "CIFAR-10", {"clip_threshold": 2.0}).fit(fc, **{
         "contributions": stats["contributions"]}), test)  # fmt: skip
     np.testing.assert_array_equal(score_features(looser, test)[0], expected)
@@ -117,33 +118,34 @@ def test_with_params_shares_the_fit_only_when_the_fit_does_not_depend_on_the_cha
 )
 def test_a_flag_of_no_chosen_method_is_an_error_naming_both(flags, message):
     with pytest.raises(UserError, match=message):
-        ood_eval.config_from_flags(flags)
+        eval_config(flags)
 
 
 def test_the_original_energy_flags_mean_dice_and_react():
-    assert ood_eval.config_from_flags(["--p", "90"]).detectors[0].method == "dice"
-    assert ood_eval.config_from_flags(["--clip_threshold", "1.0"]).detectors[0].method == "react"
-    assert (
-        ood_eval.config_from_flags(["--method", "dice", "--clip_threshold", "1"]).detectors[0].method
-        == "dice_react"
-    )
+    assert eval_config(["--p", "90"]).detectors[0].method == "dice"
+    assert eval_config(["--clip_threshold", "1.0"]).detectors[0].method == "react"
+    assert eval_config(["--method", "dice", "--clip_threshold", "1"]).detectors[0].method == "dice_react"
 
 
 def test_a_new_detector_is_one_class_and_one_registry_entry(monkeypatch, problem):
-    """A detector defined elsewhere joins the command line, the paper defaults and the sweep's
-    search space through the registry alone."""
-    from detectors.base import Detector, Param
+    """A detector defined elsewhere joins the command line (its flag and help generated from one
+    description per parameter), the paper defaults and the sweep's search space through the
+    registry alone."""
+    from detectors.base import Detector
     from pipeline.sweep import grid_of
     from util.argtypes import positive_float
 
     class ScaledEnergy(Detector):
         name = "scaled_energy"
         paper = "a test"
-        params = (Param("scale", ("--energy-scale",), "logit scale", positive_float),)
+        param_help = {"scale": "logit scale", "shift": "added to the score", "clamp": "clamp the logits"}
+        param_types = {"scale": positive_float}
         defaults = {"CIFAR-100": {"scale": 3.0}}
 
-        def __init__(self, scale: float = 1.0):
+        def __init__(self, scale: float = 1.0, shift: int = 1, clamp: bool = False):
             self.scale = scale
+            self.shift = shift
+            self.clamp = clamp
 
         @classmethod
         def search_space(cls, feature_dim):
@@ -153,13 +155,22 @@ def test_a_new_detector_is_one_class_and_one_registry_entry(monkeypatch, problem
             return self.scale * self.fc_(h)
 
     monkeypatch.setattr(registry, "DETECTORS", (*registry.DETECTORS, ScaledEnergy))
-    config = ood_eval.config_from_flags(["--methods", "energy,scaled_energy", "--energy-scale", "2"])
+    assert [p.flags for p in ScaledEnergy.params] == [
+        ("--scaled-energy-scale",),
+        ("--scaled-energy-shift",),
+        ("--scaled-energy-clamp",),
+    ]
+    help_text = " ".join(ood_eval.build_parser().format_help().split())
+    assert "--scaled-energy-scale SCALE logit scale (default: 1; CIFAR-100: 3) [scaled_energy]" in help_text
+    assert "--scaled-energy-clamp clamp the logits (default: off) [scaled_energy]" in help_text
+    flags = ["--methods", "energy,scaled_energy", "--scaled-energy-scale", "2", "--scaled-energy-clamp"]
+    config = eval_config(flags)
     assert [run.method for run in config.detectors] == ["energy", "scaled_energy"]
-    assert config.detectors[1].detector.scale == 2.0
+    assert config.detectors[1].detector.get_params() == {"scale": 2.0, "shift": 1, "clamp": True}
+    with pytest.raises(SystemExit):  # the int parameter's parser (positive_int) refuses 0
+        eval_config(["--method", "scaled_energy", "--scaled-energy-shift", "0"])
     assert (
-        ood_eval.config_from_flags(["--in-dataset", "CIFAR-100", "--method", "scaled_energy"])
-        .detectors[0]
-        .detector.scale
+        eval_config(["--in-dataset", "CIFAR-100", "--method", "scaled_energy"]).detectors[0].detector.scale
         == 3.0
     )
     from pipeline.config import SweepConfig
@@ -186,3 +197,10 @@ def test_an_empty_feature_array_gives_empty_scores(problem, name):
     detector.fit(fc, **{k: stats[k] for k in detector.needs()})
     scores, preds = score_features(detector, np.zeros((0, D), dtype=np.float32))
     assert scores.shape == (0,) and preds.shape == (0,)
+
+
+def test_every_registered_detector_is_exported_by_its_class_name():
+    import detectors
+
+    for cls in registry.DETECTORS:
+        assert getattr(detectors, cls.__name__) is cls and cls.__name__ in detectors.__all__

@@ -71,7 +71,7 @@ def test_weight_masks_equal_the_direct_comparison():
     route = RouteLINe(fc, contrib, 10, 10)
     for c in (0, 17, 500, 999):
         R = np.abs(contrib[c])[None, :] * W
-        np.testing.assert_array_equal(route.weight_mask(c).numpy(), R > np.percentile(R, 10))
+        np.testing.assert_array_equal((route.wp_rank >= route.wp_cutoff[c]).numpy(), R > np.percentile(R, 10))
 
 
 def reference_line_logits(h, W, b, contrib, p_w, p_a):

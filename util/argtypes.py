@@ -94,13 +94,13 @@ def name_arg(choices, what: str):
     return parse
 
 
-def name_or_folder_arg(choices, what: str):
-    """argparse type: one of ``choices``, or an existing folder (any text with a path separator or
-    naming a directory); else an error listing the names."""
+def name_or_folder_arg(choices, what: str, spellings=()):
+    """argparse type: one of ``choices`` or of their other accepted ``spellings``, or an existing
+    folder (any text with a path separator or naming a directory); else an error listing the names."""
     by_name = name_arg(choices, what)
 
     def parse(text: str) -> str:
-        if text in choices:
+        if text in choices or text in spellings:
             return text
         if os.path.isdir(text):
             return text

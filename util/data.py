@@ -1,5 +1,5 @@
-"""The datasets: CIFAR (torchvision format or image folders), ImageNet folders, the papers' OOD
-sets, Fashion-MNIST and synthetic noise sets.
+"""Dataset mechanisms: image folders (with link files and class maps), image arrays, idx files,
+synthetic noise and fixed subsets. Which datasets exist, and where, is ``util.datasets``' specs.
 
 Every dataset here returns ``(image_tensor, label)`` and has ``fingerprint()``: a JSON-able
 description of exactly which images it holds, used as part of the feature-cache key.
@@ -7,12 +7,10 @@ description of exactly which images it holds, used as part of the feature-cache 
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import os
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,83 +20,12 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from util.errors import UserError
-from util.inputs import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-IN_DATASETS = {"CIFAR-10": 10, "CIFAR-100": 100, "imagenet": 1000}
-CIFAR_DATASETS = ("CIFAR-10", "CIFAR-100")
-CIFAR_OOD_SETS = ("SVHN", "LSUN", "LSUN_resize", "iSUN", "dtd", "places365")
-# ImageNet-1k OOD benchmark of MOS (Huang & Li, CVPR 2021), used by DICE and LINe.
-IMAGENET_OOD_SETS = ("inat", "sun", "places", "dtd")
-IMAGENET_FOLDER = "ILSVRC-2012"
-IMAGENET_SOURCE = (
-    "ILSVRC-2012 from https://image-net.org/download.php (train and val, each as <wnid>/*.JPEG "
-    "class folders; val images sorted into class folders, e.g. with the valprep.sh script)"
-)
-_MOS_URL = "http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset"
-EXTRA_OOD_SETS = ("FashionMNIST", "gaussian", "uniform")
-NOISE_SIZE = 10_000
 NOISE_SEED = 0
+
 # Label an ImageFiles dataset returns for an image file that cannot be read (see ImageFiles).
 BAD_IMAGE_LABEL = -2
-
-# Where each named OOD set lives under the data root, and where a user gets it.
-OOD_SOURCES = {
-    "SVHN": (
-        "ood_datasets/svhn/svhn_test_subset.npz",
-        "run `python select_svhn_data.py --data-root DATA_ROOT` (downloads the SVHN test set "
-        "from http://ufldl.stanford.edu/housenumbers/test_32x32.mat)",
-    ),
-    "LSUN": (
-        "ood_datasets/LSUN",
-        "https://www.dropbox.com/s/fhtsw1m3qxlwj6h/LSUN.tar.gz (ODIN's LSUN crop set)",
-    ),
-    "LSUN_resize": (
-        "ood_datasets/LSUN_resize",
-        "https://www.dropbox.com/s/moqh2wh8696c3yl/LSUN_resize.tar.gz",
-    ),
-    "iSUN": ("ood_datasets/iSUN", "https://www.dropbox.com/s/ssz7qxfqae0cca5/iSUN.tar.gz"),
-    "dtd": (
-        "ood_datasets/dtd/images",
-        "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz (extract to ood_datasets/dtd)",
-    ),
-    "places365": (
-        "ood_datasets/places365",
-        "the Places365 test images selected by the DICE/ReAct authors "
-        "(http://places2.csail.mit.edu/download.html)",
-    ),
-    "inat": ("ood_datasets/iNaturalist", f"{_MOS_URL}/iNaturalist.tar.gz (10,000 images, MOS)"),
-    "sun": ("ood_datasets/SUN", f"{_MOS_URL}/SUN.tar.gz (10,000 images, MOS)"),
-    "places": ("ood_datasets/Places", f"{_MOS_URL}/Places.tar.gz (10,000 images, MOS)"),
-    "FashionMNIST": (
-        "ood_datasets/FashionMNIST/raw",
-        "t10k-images-idx3-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
-    ),
-}
-
-
-CIFAR_INPUT = InputSpec(32, 32, CIFAR_MEAN, CIFAR_STD)
-IMAGENET_INPUT = InputSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def dataset_input(in_dataset: str) -> InputSpec:
-    """The papers' input for ``in_dataset``: CIFAR 32 px with CIFAR statistics; ImageNet and image
-    folders Resize(256), CenterCrop(224) with ImageNet statistics."""
-    return CIFAR_INPUT if in_dataset in CIFAR_DATASETS else IMAGENET_INPUT
-
-
-def id_transform(in_dataset: str, norm: tuple[tuple, tuple] | None = None) -> transforms.Compose:
-    """CIFAR: Resize(32), CenterCrop(32); ImageNet: Resize(256), CenterCrop(224); then ToTensor, Normalize.
-
-    Normalize uses ``norm`` = (mean, std) when the model asks for its own (BiT: 0.5, 0.5; see
-    ``models.input_normalization``), else the dataset's (CIFAR or ImageNet mean and std).
-    """
-    spec = dataset_input(in_dataset)
-    if norm is not None:
-        spec = replace(spec, mean=tuple(norm[0]), std=tuple(norm[1]))
-    return spec.transform()
 
 
 def image_size(transform: transforms.Compose) -> int:
@@ -398,96 +325,6 @@ def read_idx_images(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
 
 
-def _find_fashion_mnist(root: Path) -> Path | None:
-    raw = follow_link_files(root / OOD_SOURCES["FashionMNIST"][0])
-    for name in ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"):
-        if (raw / name).is_file():
-            return raw / name
-    return None
-
-
-def cifar_dataset(
-    in_dataset: str, split: str, data_root: str | os.PathLike, transform, download: bool = True
-) -> Dataset:
-    """CIFAR-10/100 ``split`` ('train' or 'test') from an image folder or torchvision's format.
-
-    Image-folder layout: ``{root}/{in_dataset}/{split}/<class>/*`` (classes sorted = labels).
-    torchvision layout: ``{root}/cifar-10-batches-py`` or ``{root}/cifar-100-python``, downloaded
-    when absent and ``download`` is true.
-    """
-    root = Path(data_root)
-    folder = follow_link_files(root / in_dataset / split)
-    expected = IN_DATASETS[in_dataset]
-    source = CIFAR_URLS[in_dataset]
-    if not root.is_dir():
-        raise UserError(
-            f"data root {root} does not exist (--data-root). It should hold {in_dataset}/{split}/<class>/* "
-            f"image folders ({expected} classes) or torchvision's CIFAR files; get {in_dataset} from "
-            f"{source}, or create {root} to let this script download it there."
-        )
-    if folder.is_dir():
-        ds = labelled_folder(
-            folder,
-            transform,
-            f"; expected {folder}/<class>/* with {expected} class folders. Get {in_dataset} from "
-            f"{source}, or remove the empty folder to use (and download) torchvision's format.",
-        )
-        if len(ds.classes) != expected:
-            raise UserError(f"{folder} has {len(ds.classes)} class folders; {in_dataset} needs {expected}")
-        return ds
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if in_dataset == "CIFAR-10" else datasets.CIFAR100
-    try:
-        tv = cls(str(root), train=(split == "train"), download=False)
-    except RuntimeError:
-        if not download:
-            tv = None
-        else:
-            try:
-                tv = cls(str(root), train=(split == "train"), download=True)
-            except Exception as exc:
-                raise UserError(
-                    f"{in_dataset} {split} set not found under {root}: expected {folder}/<class>/* "
-                    f"or torchvision's {cls.base_folder}, and downloading it failed "
-                    f"({type(exc).__name__}: {exc}). Download {cls.url} and extract it into "
-                    f"{root}, or pass --data-root."
-                ) from None
-    if tv is None:
-        raise UserError(f"{in_dataset} {split} set not found under {root}: expected {folder}/<class>/*")
-    return ArrayImages(
-        tv.data, tv.targets, transform, {"dataset": in_dataset, "split": split, "root": str(root.resolve())}
-    )
-
-
-def imagenet_dataset(split: str, data_root: str | os.PathLike, transform) -> Dataset:
-    """ImageNet-1k ``split`` ('train' or 'val') from ``{root}/ILSVRC-2012/{split}/<wnid>/*``.
-
-    Labels are the sorted wnid folders of the 1,000 training classes (torchvision's ImageFolder
-    order, the order of torchvision's and BiT's heads), so train/ holds all 1,000 class folders
-    (a folder may be empty). The val folder may hold a subset of them: each wnid keeps its label
-    among the 1,000, so ten classes can be the ID test set of a 1,000-way network.
-    """
-    root = follow_link_files(Path(data_root) / IMAGENET_FOLDER)
-    folder = follow_link_files(root / split)
-    if not folder.is_dir():
-        raise UserError(f"ImageNet {split} set not found: {folder} does not exist. Get {IMAGENET_SOURCE}.")
-    hint = f"; expected {folder}/<wnid>/*.JPEG. Get {IMAGENET_SOURCE}."
-    n_classes = IN_DATASETS["imagenet"]
-    own = class_folders(folder)
-    if len(own) == n_classes:
-        return labelled_folder(folder, transform, hint)
-    train = follow_link_files(root / "train")
-    if split == "train" or not train.is_dir() or len(class_folders(train)) != n_classes:
-        raise UserError(
-            f"{folder} has {len(own)} class folders; ImageNet-1k needs 1000 (<wnid> folders, sorted names "
-            "give the label order of the pretrained heads). A val folder may hold fewer when "
-            f"{train} holds all 1000."
-        )
-    index = {wnid: i for i, wnid in enumerate(class_folders(train))}
-    return labelled_folder(folder, transform, hint, index, f"{train}")
-
-
 def folder_classes(root: str | os.PathLike, class_map: str | None = None) -> dict[str, int]:
     """Folder name -> label of an image-folder ID dataset: the class map, else the sorted class
     folders of ``{root}/train``."""
@@ -527,94 +364,6 @@ def folder_dataset(
     return labelled_folder(
         folder, transform, f"; expected {folder}/<class>/*", folder_classes(root, class_map), source
     )
-
-
-def id_dataset(
-    in_dataset: str,
-    split: str,
-    data_root: str | os.PathLike,
-    transform,
-    download: bool = True,
-    id_root: str | None = None,
-    class_map: str | None = None,
-) -> Dataset:
-    """The ID ``split`` ('train' or 'test'; ImageNet's test split is its 'val' folder); CIFAR is
-    downloaded when absent unless ``download`` is false; ``id_root``: an image-folder dataset."""
-    if id_root is not None:
-        return folder_dataset(id_root, split, transform, class_map)
-    if in_dataset == "imagenet":
-        return imagenet_dataset("val" if split == "test" else split, data_root, transform)
-    return cifar_dataset(in_dataset, split, data_root, transform, download=download)
-
-
-def default_ood_sets(in_dataset: str) -> tuple[str, ...]:
-    """The OOD sets of the papers for ``in_dataset``; image folders (full-size images) take ImageNet's."""
-    return CIFAR_OOD_SETS if in_dataset in CIFAR_DATASETS else IMAGENET_OOD_SETS
-
-
-def paper_setting(in_dataset: str) -> str:
-    """Whose detector hyperparameters apply: the dataset's own, ImageNet's for an image folder."""
-    return in_dataset if in_dataset in IN_DATASETS else "imagenet"
-
-
-CIFAR_URLS = {
-    "CIFAR-10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "CIFAR-100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-}
-
-
-def ood_dataset_path(name: str, data_root: str | os.PathLike) -> Path:
-    """Where a named OOD set is expected under the data root."""
-    return follow_link_files(Path(data_root) / OOD_SOURCES[name][0])
-
-
-def ood_available(name: str, data_root: str | os.PathLike) -> bool:
-    if name in ("gaussian", "uniform"):
-        return True
-    if name == "FashionMNIST":
-        return _find_fashion_mnist(Path(data_root)) is not None
-    if name in OOD_SOURCES:
-        return ood_dataset_path(name, data_root).exists()
-    return Path(name).is_dir()
-
-
-def missing_ood_message(name: str, data_root: str | os.PathLike) -> str:
-    if name in OOD_SOURCES:
-        path, source = OOD_SOURCES[name]
-        return f"OOD set {name}: {Path(data_root) / path} not found; get it from {source}"
-    known = CIFAR_OOD_SETS + IMAGENET_OOD_SETS[:3] + EXTRA_OOD_SETS
-    by_norm = {k.lower().replace("-", "").replace("_", ""): k for k in known}
-    close = difflib.get_close_matches(name.lower().replace("-", "").replace("_", ""), list(by_norm), n=1)
-    hint = f" Did you mean {by_norm[close[0]]!r}?" if close else ""
-    return f"OOD set {name!r}: not a known set name ({', '.join(known)}) and not an existing directory.{hint}"
-
-
-def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
-    """A named OOD set (``OOD_SOURCES``, FashionMNIST, gaussian, uniform), or any directory read as
-    an image folder (labels ignored)."""
-    root = Path(data_root)
-    if not ood_available(name, root):
-        raise UserError(missing_ood_message(name, root))
-    if name in ("gaussian", "uniform"):
-        return NoiseImages(name, NOISE_SIZE, image_size(transform), normalization(transform))
-    if name == "FashionMNIST":
-        path = _find_fashion_mnist(root)
-        images = read_idx_images(path)
-        return ArrayImages(
-            images,
-            np.full(len(images), -1),
-            transform,
-            {"dataset": "FashionMNIST", "file": str(path.resolve())},
-        )
-    if name == "SVHN":
-        path = ood_dataset_path(name, root)
-        with np.load(path) as f:
-            images, labels = f["images"], f["labels"]
-        return ArrayImages(images, labels, transform, {"dataset": "SVHN", "file": str(path.resolve())})
-    if name in OOD_SOURCES:
-        path, source = ood_dataset_path(name, root), OOD_SOURCES[name][1]
-        return image_folder(path, transform, f"; OOD set {name} belongs there, get it from {source}")
-    return image_folder(Path(name), transform)
 
 
 class FixedSubset(Dataset):

@@ -283,9 +283,6 @@ class FeatureExtractor:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
 
-    def entry_path(self, dataset: Dataset, tag: str) -> Path:
-        return self.cache.entry(dataset, tag)
-
     def bytes_needed(self, dataset: Dataset, tag: str) -> int:
         return self.cache.bytes_needed(dataset, tag, self.fc.in_features, self.fc.out_features)
 

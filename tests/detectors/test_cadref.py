@@ -1,6 +1,6 @@
 """CARef and CADRef (detectors/cadref.py) against plain float64 loop references written here.
 
-Synthetic data as tests/test_baselines.py: non-negative continuous features, a random head, and
+Synthetic data as reference.synthetic_problem: non-negative continuous features, a random head, and
 labels independent of the head, so that most training labels differ from the predicted classes.
 """
 
@@ -179,9 +179,9 @@ def test_scores_do_not_depend_on_the_chunk_size(setup, make):
     np.testing.assert_allclose(one, whole, rtol=1e-12)  # float64 BLAS blocking only
 
 
-def test_unknown_logit_score_is_rejected():
+def test_unknown_logit_score_is_rejected(setup):
     with pytest.raises(ValueError, match="choose from energy, maxlogit, msp, gen"):
-        CADRef(logit_score="odin")
+        fitted(CADRef(logit_score="odin"), setup)
 
 
 def test_needs_are_the_training_features_and_labels(setup):

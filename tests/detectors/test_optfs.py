@@ -109,7 +109,9 @@ def test_optfs_score_choice_shares_the_fit_and_is_checked(setup):
     assert energy.theta_ is det.theta_
     assert (OptFS().intervals, OptFS().score) == (100, "maxlogit")
     with pytest.raises(ValueError, match="score"):
-        OptFS(score="msp")
+        OptFS(score="msp").fit(s["fc"], train_features=s["train"])
+    with pytest.raises(ValueError, match="score"):  # a shared fit is checked too
+        det.with_params(score="msp")
 
 
 def test_optfs_fits_memory_mapped_training_features_the_same(setup, tmp_path):

@@ -220,11 +220,11 @@ def test_variants_name_the_kld_and_msp_scores_and_msp_ignores_the_kld_parameters
 
 def test_invalid_settings_and_constant_training_features_are_rejected(setup):
     with pytest.raises(ValueError, match="score"):
-        WeiPer("energy")
+        WeiPer("energy").fit(setup["fc"], train_features=setup["train"])
     with pytest.raises(ValueError, match="r must"):
-        WeiPer(r=0)
+        WeiPer(r=0).fit(setup["fc"], train_features=setup["train"])
     with pytest.raises(ValueError, match="fraction"):
-        WeiPer(fraction=0)
+        WeiPer(fraction=0).fit(setup["fc"], train_features=setup["train"])
     with pytest.raises(ValueError, match="all equal"):
         WeiPer(**SMALL).fit(setup["fc"], train_features=np.ones((10, D), np.float32))
     with pytest.raises(ValueError, match="training features"):

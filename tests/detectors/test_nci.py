@@ -40,12 +40,12 @@ def test_nci_is_the_predicted_weights_projection_of_the_centred_unit_feature_plu
     np.testing.assert_array_equal(preds, (s["test"] @ s["W"].T + s["b"]).argmax(1))
 
 
-def test_nci_fits_on_the_training_features_and_defaults_to_the_authors_alpha():
+def test_nci_fits_on_the_training_features_and_defaults_to_the_authors_alpha(setup):
     det = NCI()
     assert det.alpha == 1e-4 and det.needs() == ("train_features",) and det.defaults == {}
     assert det.run_name() == "nci" and [p.flags for p in det.params] == [("--nci-alpha",)]
     with pytest.raises(ValueError, match="alpha"):
-        NCI(-1.0)
+        NCI(-1.0).fit(setup["fc"], train_features=setup["train"])
 
 
 def test_nci_does_not_normalise_the_weight_vector(setup):

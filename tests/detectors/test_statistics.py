@@ -1,7 +1,9 @@
-"""Taylor contributions s = h * d logit_y / d h and their streaming class means."""
+"""detectors/statistics.py: Taylor contributions s = h * d logit_y / d h and their streaming class means."""
 
 import numpy as np
+import pytest
 import torch
+from reference import problem_with_statistics
 
 from detectors.statistics import (
     ClassMeanAccumulator,
@@ -10,6 +12,13 @@ from detectors.statistics import (
     taylor_contributions,
 )
 from models.densenet import DenseNet3
+
+C, D = 5, 24
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return problem_with_statistics(seed=0, num_classes=C, dim=D)
 
 
 def small_densenet(num_classes=5, seed=0):
@@ -73,3 +82,11 @@ def test_class_mean_contributions_do_not_depend_on_the_chunk_size():
 def test_mean_feature_streams_to_the_dense_mean():
     h = np.random.default_rng(2).random((1000, 9)).astype(np.float32)
     np.testing.assert_allclose(mean_feature(h, chunk=77), h.astype(np.float64).mean(0), rtol=1e-12)
+
+
+def test_class_mean_contributions_leave_the_given_head_as_it_was(setup):
+    from detectors.statistics import class_mean_contributions
+
+    fc = torch.nn.Linear(D, C).double()
+    class_mean_contributions(fc, setup["train"], setup["labels"])
+    assert fc.weight.dtype == torch.float64
