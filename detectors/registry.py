@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from util.argtypes import closest_name
+from util.datasets import preset_of
 from util.errors import UserError
 
 from .ash import ASH
@@ -111,8 +112,9 @@ def resolve(name: str) -> tuple[type[Detector], str]:
 
 
 def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> Detector:
-    """The detector ``name`` for ``in_dataset``: its own defaults, then the papers' setting for the
-    dataset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values."""
+    """The detector ``name`` for ``in_dataset`` (a dataset name in any spelling its spec lists, or
+    an image folder; ``util.datasets.preset_of``): its own defaults, then the papers' setting of the
+    dataset's preset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values."""
     cls, variant = resolve(name)
     fixed = cls.variants()[variant]
     accepted = set(init_params(cls))
@@ -122,7 +124,7 @@ def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> De
         raise UserError(
             f"{name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
         )
-    return cls(**{**cls.defaults_for(in_dataset, variant), **fixed, **given})
+    return cls(**{**cls.defaults_for(preset_of(in_dataset), variant), **fixed, **given})
 
 
 def run_names() -> list[str]:

@@ -204,3 +204,17 @@ def test_every_registered_detector_is_exported_by_its_class_name():
 
     for cls in registry.DETECTORS:
         assert getattr(detectors, cls.__name__) is cls and cls.__name__ in detectors.__all__
+
+
+@pytest.mark.parametrize("spelling, preset", [("ImageNet", "imagenet"), ("cifar100", "CIFAR-100")])
+def test_build_takes_the_preset_of_any_spelling_of_a_dataset(spelling, preset):
+    assert registry.build("line", spelling).get_params() == registry.build("line", preset).get_params()
+
+
+def test_build_gives_an_image_folder_the_imagenet_preset(tmp_path):
+    assert registry.build("knn", str(tmp_path)).get_params() == registry.build("knn", "imagenet").get_params()
+
+
+def test_build_refuses_an_unknown_dataset_as_the_command_line_does():
+    with pytest.raises(UserError, match="unknown dataset 'CIFAR10x'.*did you mean 'CIFAR-10'"):
+        registry.build("line", "CIFAR10x")

@@ -8,6 +8,7 @@ The loaders themselves (image folders, arrays, idx files, noise) live in ``util.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from util.argtypes import name_or_folder_arg
 from util.data import (
     ArrayImages,
     NoiseImages,
@@ -364,9 +366,18 @@ def id_spec(in_dataset: str | None) -> IDDataset:
     return ID_DATASETS[name] if name else FOLDER_DATASET
 
 
-def preset_of(in_dataset: str | None) -> str:
-    """Whose detector settings apply to ``in_dataset`` (its spec's ``preset``)."""
-    return id_spec(in_dataset).preset
+def preset_of(in_dataset: str) -> str:
+    """Whose detector settings apply to ``in_dataset``: a named dataset's (under any spelling its
+    spec lists) ``preset``, an existing image folder's (ImageNet's); any other text is refused
+    with the names, as ``--in-dataset`` refuses it."""
+    name = canonical_id_name(in_dataset)
+    if name is not None:
+        return ID_DATASETS[name].preset
+    try:
+        name_or_folder_arg(list(ID_DATASETS), "dataset", id_names())(in_dataset)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(str(exc)) from None
+    return FOLDER_DATASET.preset
 
 
 def dataset_input(in_dataset: str) -> InputSpec:
