@@ -133,3 +133,12 @@ def eval_config(argv):
     import ood_eval
 
     return ood_eval.config_of(ood_eval.build_parser().parse_args(argv))
+
+
+def random_images(folder, n: int, rng, size: int = 32) -> None:
+    """``n`` random RGB images of ``size`` pixels as PNG files 000.png, 001.png, ... in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
-from reference import eval_config
+from reference import eval_config, random_images
 
 import ood_eval
 import precompute
@@ -24,12 +23,6 @@ from util.datasets import IMAGENET_INPUT, id_dataset
 from util.errors import UserError
 
 
-def _images(folder, n, rng, size=32):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
-
-
 def _random_resnet18(path, classes):
     torch.manual_seed(classes)
     torch.save({"state_dict": torchvision.models.resnet18(num_classes=classes).state_dict()}, path)
@@ -42,9 +35,9 @@ def cifar_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("byo_cifar")
     rng = np.random.default_rng(0)
     for c in range(10):
-        _images(root / "datasets" / "CIFAR-10" / "train" / f"class{c}", 3, rng)
-        _images(root / "datasets" / "CIFAR-10" / "test" / f"class{c}", 2, rng)
-    _images(root / "datasets" / "ood_datasets" / "dtd" / "images" / "banded", 6, rng, 40)
+        random_images(root / "datasets" / "CIFAR-10" / "train" / f"class{c}", 3, rng)
+        random_images(root / "datasets" / "CIFAR-10" / "test" / f"class{c}", 2, rng)
+    random_images(root / "datasets" / "ood_datasets" / "dtd" / "images" / "banded", 6, rng, 40)
     _random_resnet18(root / "resnet18_cifar10.pt", 10)
     return root
 
@@ -119,9 +112,9 @@ def folder_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("byo_folder")
     rng = np.random.default_rng(2)
     for c in ("cat", "dog", "fox"):
-        _images(root / "animals" / "train" / c, 3, rng)
-        _images(root / "animals" / "val" / c, 2, rng)
-    _images(root / "rocks", 5, rng)
+        random_images(root / "animals" / "train" / c, 3, rng)
+        random_images(root / "animals" / "val" / c, 2, rng)
+    random_images(root / "rocks", 5, rng)
     _random_resnet18(root / "r18_3.pt", 3)
     return root
 
@@ -229,9 +222,9 @@ def imagenet_root(tmp_path_factory):
         folder = root / "ILSVRC-2012" / "train" / f"n{c:08d}"
         folder.mkdir(parents=True)
         if c not in (5, 6):
-            _images(folder, 1, rng, 8)
+            random_images(folder, 1, rng, 8)
     for c in (3, 500, 999):
-        _images(root / "ILSVRC-2012" / "val" / f"n{c:08d}", 2, rng, 8)
+        random_images(root / "ILSVRC-2012" / "val" / f"n{c:08d}", 2, rng, 8)
     return root
 
 
@@ -246,13 +239,13 @@ def test_a_val_wnid_that_is_not_a_training_class_is_named(imagenet_root, tmp_pat
     for split, names in (("train", [f"n{c:08d}" for c in range(1000)]), ("val", ["n00000001", "n99999999"])):
         for name in names:
             (tmp_path / "ILSVRC-2012" / split / name).mkdir(parents=True)
-    _images(tmp_path / "ILSVRC-2012" / "val" / "n99999999", 1, np.random.default_rng(0), 8)
+    random_images(tmp_path / "ILSVRC-2012" / "val" / "n99999999", 1, np.random.default_rng(0), 8)
     with pytest.raises(UserError, match="not among the 1000 classes.*n99999999"):
         id_dataset("imagenet", "test", tmp_path, None)
 
 
 def test_a_link_stored_as_a_text_file_is_followed(tmp_path):
-    _images(tmp_path / "ILSVRC-2012" / "train" / "n00000000", 1, np.random.default_rng(0), 8)
+    random_images(tmp_path / "ILSVRC-2012" / "train" / "n00000000", 1, np.random.default_rng(0), 8)
     (tmp_path / "ILSVRC-2012" / "val").write_text("train")  # how git stores a link without symlinks
     assert follow_link_files(tmp_path / "ILSVRC-2012" / "val" / "n00000000") == (
         tmp_path / "ILSVRC-2012" / "train" / "n00000000"
@@ -336,7 +329,7 @@ def test_num_classes_above_the_folders_without_a_class_map_is_refused(folder_roo
 def test_images_outside_class_folders_of_an_id_split_are_refused(imagenet_root, tmp_path):
     for c in range(1000):
         (tmp_path / "ILSVRC-2012" / "train" / f"n{c:08d}").mkdir(parents=True)
-    _images(tmp_path / "ILSVRC-2012" / "val", 2, np.random.default_rng(0), 8)  # ILSVRC's flat val
+    random_images(tmp_path / "ILSVRC-2012" / "val", 2, np.random.default_rng(0), 8)  # ILSVRC's flat val
     with pytest.raises(UserError, match="2 image.s. outside class folders.*valprep"):
         id_dataset("imagenet", "test", tmp_path, None)
 

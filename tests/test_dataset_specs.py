@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from reference import random_images
 
 import ood_eval
 import precompute
@@ -28,13 +28,6 @@ from util.datasets import (
 )
 from util.errors import UserError
 
-
-def _images(folder, n, rng, size=32):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
-
-
 # A set laid out as OpenOOD v1.5 ships NINCO: images/<class>/*.
 NINCO = OODSet("NINCO", "ood_datasets/NINCO/images", "https://zenodo.org/record/8013288 (NINCO)", read_folder)
 # A three-class dataset of image folders, with CIFAR-10's detector settings and NINCO as its OOD set.
@@ -51,9 +44,9 @@ def toy_root(tmp_path, monkeypatch):
     registered for the test only."""
     rng = np.random.default_rng(0)
     for c in range(3):
-        _images(tmp_path / "datasets" / "toy" / "train" / f"c{c}", 4, rng)
-        _images(tmp_path / "datasets" / "toy" / "test" / f"c{c}", 3, rng)
-    _images(tmp_path / "datasets" / "ood_datasets" / "NINCO" / "images" / "amphiuma", 5, rng, 48)
+        random_images(tmp_path / "datasets" / "toy" / "train" / f"c{c}", 4, rng)
+        random_images(tmp_path / "datasets" / "toy" / "test" / f"c{c}", 3, rng)
+    random_images(tmp_path / "datasets" / "ood_datasets" / "NINCO" / "images" / "amphiuma", 5, rng, 48)
     torch.manual_seed(0)
     torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict()}, tmp_path / "toy.pt")
     monkeypatch.setitem(OOD_SETS, "NINCO", NINCO)
@@ -88,7 +81,7 @@ def test_an_added_ood_set_that_is_absent_names_its_path_and_source(toy_root, cap
 
 def test_a_class_folder_dataset_with_the_wrong_number_of_classes_is_refused(toy_root):
     (toy_root / "datasets" / "toy" / "test" / "c3").mkdir()
-    _images(toy_root / "datasets" / "toy" / "test" / "c3", 1, np.random.default_rng(1))
+    random_images(toy_root / "datasets" / "toy" / "test" / "c3", 1, np.random.default_rng(1))
     with pytest.raises(UserError, match="has 4 class folders; toy needs 3"):
         load_class_folders(TOY, "test", toy_root / "datasets", CIFAR_INPUT.transform())
 
