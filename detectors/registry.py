@@ -114,7 +114,8 @@ def resolve(name: str) -> tuple[type[Detector], str]:
 def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> Detector:
     """The detector ``name`` for ``in_dataset`` (a dataset name in any spelling its spec lists, or
     an image folder; ``util.datasets.preset_of``): its own defaults, then the papers' setting of the
-    dataset's preset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values."""
+    dataset's preset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values;
+    ``check_params`` raises ValueError on a value the detector cannot take."""
     cls, variant = resolve(name)
     fixed = cls.variants()[variant]
     accepted = set(init_params(cls))
@@ -124,7 +125,9 @@ def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> De
         raise UserError(
             f"{name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
         )
-    return cls(**{**cls.defaults_for(preset_of(in_dataset), variant), **fixed, **given})
+    detector = cls(**{**cls.defaults_for(preset_of(in_dataset), variant), **fixed, **given})
+    detector.check_params()  # a bad value fails here, before any data is read
+    return detector
 
 
 def run_names() -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from detectors.base import Detector
 from models import MODEL_NAMES
 from models.checkpoints import CHECKPOINT_EPOCH
-from util.datasets import ID_DATASETS, canonical_id_name, id_names, id_spec
+from util.datasets import ID_DATASETS, canonical_id_name, id_spec
 from util.errors import UserError
 from util.openood import BENCHMARKS, get_benchmark
 
@@ -42,7 +42,7 @@ def dataset_label(in_dataset: str) -> str:
     if in_dataset in ID_DATASETS:
         return in_dataset
     name = Path(os.path.abspath(in_dataset)).name
-    return f"{name}-folder" if name in id_names() or name in BENCHMARKS else name
+    return f"{name}-folder" if name in ID_DATASETS or name in BENCHMARKS else name
 
 
 @dataclass
@@ -73,6 +73,8 @@ class RunConfig:
     max_samples: int | None = None
 
     def __post_init__(self):
+        if self.in_dataset is not None and self.id_root is None and not os.path.isdir(self.in_dataset):
+            self.in_dataset = canonical_id_name(self.in_dataset) or self.in_dataset  # cifar10 -> CIFAR-10
         if self.benchmark is not None:
             bench = get_benchmark(self.benchmark)
             if self.in_dataset not in (None, bench.in_dataset):
@@ -92,8 +94,6 @@ class RunConfig:
                     "--checkpoint (and --model-arch), e.g. OpenOOD v1.5's ImageNet-200 ResNet-18; the"
                     f" default {bench.in_dataset} weights have {implied} outputs"
                 )
-        if self.in_dataset is not None and canonical_id_name(self.in_dataset):
-            self.in_dataset = canonical_id_name(self.in_dataset)  # cifar10 -> CIFAR-10
         if self.in_dataset in ID_DATASETS:
             self.id_root = None  # a named dataset (also after dataclasses.replace from a folder)
         elif self.in_dataset is not None and (

@@ -354,7 +354,10 @@ def _fit_and_score(run, session, features: dict):
     Without an ID set (--out-dist-only) the last two are None."""
     detector = run.detector
     if detector.kind == "network":
-        detector.fit(session.extractor.model, setup.input_std(session.transform))
+        try:
+            detector.fit(session.extractor.model, setup.input_std(session.transform))
+        except ValueError as exc:  # a setting the network cannot take
+            raise UserError(f"{run.method}: {exc}") from None
         scores, preds, labels, confidence = score_images(
             detector, session.datasets, session.extractor, session.tags
         )

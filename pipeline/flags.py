@@ -502,7 +502,10 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
     for flag, name in zip(flags, names):
         cls, _ = registry.lookup(name)
         given = given_params(args, cls)
-        run = DetectorRun(flag, registry.build(name, in_dataset, given))
+        try:
+            run = DetectorRun(flag, registry.build(name, in_dataset, given))
+        except ValueError as exc:  # a value the detector cannot take (argparse checks most)
+            raise UserError(f"{name}: {exc}") from None
         inert = run.detector.inert_params()
         used |= {o.dest for o in options if cls.name in o.methods and o.param.name not in inert}
         if run.method not in {r.method for r in runs}:  # line,taylor: one method, evaluated once

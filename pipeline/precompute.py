@@ -42,7 +42,7 @@ def precompute_all(config: PrecomputeConfig) -> list[str]:
             hint = (
                 f"\n  (`python precompute.py --in-dataset {in_dataset}` downloads the data and checkpoint)"
                 if spec.downloads
-                else f"\n  ({spec.setup_hint})"
+                else f"\n  ({spec.setup_hint or f'get it from {spec.source}'})"
             )
             print(f"skipping {in_dataset} ({one.model_arch}): {exc}{hint}")
             continue

@@ -123,6 +123,11 @@ def sweep(config: SweepConfig) -> dict:
     space = grid_of(config, session.fc.in_features)
     base = registry.build(config.method, config.dataset.preset)
     settings = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    for setting in settings:  # a value the detector cannot take fails before any forward pass
+        try:
+            base.with_params(**setting).check_params()
+        except ValueError as exc:
+            raise UserError(f"{config.method} {setting}: {exc}") from None
     score, forward_note = _scorer(config, base, session)
     extracted = time.time()
     print(
@@ -173,9 +178,12 @@ def _scorer(config: SweepConfig, base, session):
     if base.kind == "network":
 
         def score_network(setting: dict) -> dict:
-            detector = base.with_params(**setting).fit(
-                session.extractor.model, setup.input_std(session.transform)
-            )
+            try:
+                detector = base.with_params(**setting).fit(
+                    session.extractor.model, setup.input_std(session.transform)
+                )
+            except ValueError as exc:
+                raise UserError(f"{config.method} {setting}: {exc}") from None
             return score_images(detector, session.datasets, session.extractor, session.tags)[0]
 
         return score_network, "a network-level detector: the network runs on every set for each setting"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,3 +108,26 @@ def test_an_image_folder_takes_the_imagenet_preset_input_and_ood_sets():
 def test_a_dataset_is_accepted_under_each_spelling_its_spec_lists(spelling):
     assert RunConfig(in_dataset=spelling).in_dataset == "CIFAR-10"
     assert ood_eval.build_parser().parse_args(["--in-dataset", spelling]).in_dataset == spelling
+
+
+def test_a_folder_named_like_a_spelling_is_read_as_that_folder(tmp_path, monkeypatch):
+    (tmp_path / "cifar10" / "train" / "a").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig(in_dataset="cifar10", model_arch="torchvision:resnet18")
+    assert config.id_root == str(tmp_path / "cifar10") and config.in_dataset == "cifar10"
+    assert ood_eval.build_parser().parse_args(["--in-dataset", "cifar10"]).in_dataset == "cifar10"
+
+
+def test_a_benchmark_takes_its_dataset_under_any_spelling():
+    assert RunConfig(benchmark="openood-cifar10", in_dataset="cifar10").in_dataset == "CIFAR-10"
+
+
+def test_an_image_folder_is_never_loaded_by_name():
+    with pytest.raises(UserError, match="pass id_root=FOLDER"):
+        datasets.id_dataset("my-folder", "test", "datasets", CIFAR_INPUT.transform())
+
+
+def test_registering_a_dataset_under_a_taken_spelling_is_refused():
+    with pytest.raises(ValueError, match="'ImageNet' exists already"):
+        datasets.register(replace(TOY, name="toy2", aliases=("ImageNet",)))
+    assert "toy2" not in ID_DATASETS

@@ -218,3 +218,8 @@ def test_build_gives_an_image_folder_the_imagenet_preset(tmp_path):
 def test_build_refuses_an_unknown_dataset_as_the_command_line_does():
     with pytest.raises(UserError, match="unknown dataset 'CIFAR10x'.*did you mean 'CIFAR-10'"):
         registry.build("line", "CIFAR10x")
+
+
+def test_build_refuses_a_value_the_detector_cannot_take_before_any_data_is_read():
+    with pytest.raises(ValueError, match="BATS statistics must be one of"):
+        registry.build("bats", "CIFAR-10", {"statistics": "running"})

@@ -100,7 +100,8 @@ def name_or_folder_arg(choices, what: str, spellings=()):
     by_name = name_arg(choices, what)
 
     def parse(text: str) -> str:
-        if text in choices or text in spellings:
+        # A canonical name is the dataset; another spelling only when no folder has that name.
+        if text in choices or (text in spellings and not os.path.isdir(text)):
             return text
         if os.path.isdir(text):
             return text

@@ -342,10 +342,19 @@ ID_DATASETS: dict[str, IDDataset] = {
     )
 }  # fmt: skip
 
+
 # Any image folder (--in-dataset FOLDER, train/<class>/* and test/ or val/): full-size images,
 # so ImageNet's input, detector settings and OOD sets; no default network.
+def _load_folder_by_name(spec: IDDataset, split: str, data_root, transform, download: bool = True):
+    """An image folder is loaded from its path (``id_dataset(..., id_root=FOLDER)``), never by name."""
+    raise UserError(
+        "an image-folder dataset is read from its path: pass id_root=FOLDER to id_dataset (on the command "
+        f"line --in-dataset FOLDER); named datasets: {', '.join(ID_DATASETS)}"
+    )
+
+
 FOLDER_DATASET = IDDataset(
-    "folder", None, "", "your own images", lambda *a, **k: None, IMAGENET_INPUT, None, "imagenet",
+    "folder", None, "", "your own images", _load_folder_by_name, IMAGENET_INPUT, None, "imagenet",
     ID_DATASETS["imagenet"].ood_sets, model_input=True,
 )  # fmt: skip
 
@@ -409,7 +418,8 @@ def id_dataset(
 def register(spec: IDDataset | OODSet) -> None:
     """Add a dataset spec (a user's OOD set or ID dataset); a name already taken is an error."""
     table = ID_DATASETS if isinstance(spec, IDDataset) else OOD_SETS
-    taken = spec.name in table or (isinstance(spec, IDDataset) and canonical_id_name(spec.name))
+    names = (spec.name, *spec.aliases) if isinstance(spec, IDDataset) else (spec.name,)
+    taken = [n for n in names if n in table or (isinstance(spec, IDDataset) and canonical_id_name(n))]
     if taken:
-        raise ValueError(f"a dataset named {spec.name!r} exists already")
+        raise ValueError(f"a dataset named {taken[0]!r} exists already")
     table[spec.name] = spec
