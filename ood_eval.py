@@ -35,7 +35,7 @@ from pipeline.flags import (
     detector_runs,
     flags_of,
 )
-from util.datasets import missing_ood_message, ood_available
+from util.datasets import present_ood_sets
 from util.metrics import FPR_CONVENTIONS
 from util.runtime import run_cli
 
@@ -89,10 +89,9 @@ def config_of(args: argparse.Namespace) -> EvalConfig:
 def show_ood_sets(config: EvalConfig) -> None:
     """--show-ood-sets: the sets present on stdout, one line; a line per absent one on stderr."""
     names = config.out_datasets or config.dataset.ood_sets
-    present = [n for n in names if ood_available(n, config.data_root)]
-    for name in names:
-        if name not in present:
-            print(f"missing: {missing_ood_message(name, config.data_root)}", file=sys.stderr)
+    present, missing = present_ood_sets(names, config.data_root)
+    for message in missing:
+        print(f"missing: {message}", file=sys.stderr)
     print(" ".join(present))
 
 

@@ -9,7 +9,7 @@ from models import as_classifier, build_model, input_normalization, preferred_in
 from models.checkpoints import resolve_checkpoint
 from models.external import code_sha256, weights_sha256
 from util.data import balanced_subset, folder_classes, normalization, spread_subset
-from util.datasets import id_dataset, missing_ood_message, ood_available, ood_dataset
+from util.datasets import id_dataset, ood_dataset, present_ood_sets
 from util.errors import UserError
 from util.features import FeatureExtractor
 from util.inputs import InputSpec
@@ -194,7 +194,7 @@ def test_sets(
     )
     sets = {"in": spread_subset(in_test, config.max_samples)}
     if not ood:
-        found = [n for n in config.dataset.ood_sets if ood_available(n, config.data_root)]
+        found, _ = present_ood_sets(config.dataset.ood_sets, config.data_root)
         return sets, list(requested or found)
     names = ood_set_names(config.dataset.ood_sets, config.data_root, requested)
     for name in [*extra, *names]:
@@ -257,16 +257,13 @@ def ood_set_names(defaults: tuple[str, ...], data_root: str, requested: list[str
     """Requested OOD sets (all must exist); else those of ``defaults`` (the ID dataset spec's) found,
     one line per absent one."""
     if requested:
-        missing = [n for n in requested if not ood_available(n, data_root)]
+        _, missing = present_ood_sets(requested, data_root)
         if missing:
-            raise UserError("\n".join(missing_ood_message(n, data_root) for n in missing))
+            raise UserError("\n".join(missing))
         return list(requested)
-    names = []
-    for name in defaults:
-        if ood_available(name, data_root):
-            names.append(name)
-        else:
-            print(f"skipping {missing_ood_message(name, data_root)}")
+    names, missing = present_ood_sets(defaults, data_root)
+    for message in missing:
+        print(f"skipping {message}")
     if not names:
         raise UserError(
             f"no OOD set found under {Path(data_root) / 'ood_datasets'}; download "

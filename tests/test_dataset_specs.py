@@ -131,3 +131,12 @@ def test_registering_a_dataset_under_a_taken_spelling_is_refused():
     with pytest.raises(ValueError, match="'ImageNet' exists already"):
         datasets.register(replace(TOY, name="toy2", aliases=("ImageNet",)))
     assert "toy2" not in ID_DATASETS
+
+
+def test_show_ood_sets_prints_the_present_defaults_and_names_each_absent_one(toy_root, capsys):
+    flags = ["--in-dataset", "toy", "--checkpoint", "toy.pt", "--show-ood-sets"]
+    ood_eval.main(flags)
+    assert capsys.readouterr().out.strip() == "NINCO"
+    ood_eval.main([*flags, "--out-datasets", "dtd"])
+    out, err = capsys.readouterr()
+    assert out.strip() == "" and "missing: OOD set dtd:" in err and "dtd-r1.0.1.tar.gz" in err

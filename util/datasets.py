@@ -181,6 +181,13 @@ def missing_ood_message(name: str, data_root: str | os.PathLike) -> str:
     return OOD_SETS[name].missing_message(data_root) if name in OOD_SETS else unknown_ood_message(name)
 
 
+def present_ood_sets(names, data_root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(the sets of ``names`` under the data root or given as folders, in order; for each absent one
+    a message saying where it belongs and where to get it)."""
+    present = [n for n in names if ood_available(n, data_root)]
+    return present, [missing_ood_message(n, data_root) for n in names if n not in present]
+
+
 def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
     """A named OOD set (``OOD_SETS``), or any directory read as an image folder (labels ignored)."""
     if name in OOD_SETS:
