@@ -60,7 +60,7 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     features = _extract(config, session)
     if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 fits and scores alone
         return []
-    if any(run.detector.kind == "features" for run in config.detectors):
+    if features:  # scored from features: say what extracting them cost
         extractor = session.extractor
         if extractor.images_forwarded == 0:
             print(
@@ -95,10 +95,15 @@ def _sets_scored(config: EvalConfig, tf) -> tuple[dict, list[str]]:
     return datasets, names
 
 
+def _needs(config: EvalConfig) -> set[str]:
+    """The statistics the chosen detectors fit on."""
+    return {name for run in config.detectors for name in run.detector.needs()}
+
+
 def _check_statistics_first(config: EvalConfig, stats) -> None:
     """Load the statistics files the detectors need (``CHECKED_FIRST``) before any forward pass;
     under torchrun rank 0 reads them and every rank stops with its message."""
-    needs = {name for run in config.detectors for name in run.detector.needs()}
+    needs = _needs(config)
     error = None
     if distributed.is_main():  # only rank 0 reads the cache directory (no shared file system needed)
         try:
@@ -116,7 +121,7 @@ def _check_statistics_first(config: EvalConfig, stats) -> None:
 def _extract(config: EvalConfig, session) -> dict:
     """Features of the training set (when a detector fits on them) and of every set scored from
     features, after checking the cache's disk space; {} when only network-level detectors run."""
-    needs = {name for run in config.detectors for name in run.detector.needs()}
+    needs = _needs(config)
     by_features = any(run.detector.kind == "features" for run in config.detectors)
     if by_features:
         extractor = session.extractor
