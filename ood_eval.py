@@ -35,6 +35,7 @@ from pipeline.flags import (
     detector_runs,
     flags_of,
 )
+from util.cli import CliParser
 from util.datasets import present_ood_sets
 from util.metrics import FPR_CONVENTIONS
 from util.runtime import run_cli
@@ -42,7 +43,7 @@ from util.runtime import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     methods = ", ".join([*registry.method_names(), *registry.aliases()])
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         description=__doc__.split("\n\n")[0].replace("\n", " ") + f" Methods: {methods}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Examples") :],

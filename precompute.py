@@ -25,11 +25,12 @@ from pipeline.config import PrecomputeConfig
 from pipeline.flags import add_run_args, config_values
 from pipeline.precompute import precompute, precompute_all
 from util.argtypes import positive_int
+from util.cli import CliParser
 from util.runtime import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     add_run_args(parser, in_dataset_flags=("--in-dataset", "--dataset", "-d"), in_dataset_default=None)
     parser.add_argument(
         "--method",

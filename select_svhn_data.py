@@ -13,13 +13,13 @@ from __future__ import annotations
 import bootstrap  # noqa: F401  (reruns this script under .venv when this Python has no torch)
 
 # isort: split
-import argparse
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from util.cli import CliParser
 from util.datasets import OOD_SETS
 from util.errors import UserError
 from util.runtime import run_cli
@@ -34,7 +34,7 @@ def select_first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="datasets", help="dataset root (default: ./datasets)")
     parser.add_argument("--per-digit", default=PER_DIGIT, type=int, help="images per digit (default 1000)")
     args = parser.parse_args(argv)

@@ -7,6 +7,14 @@ part; a setting is chosen by FPR95 (then AUROC) of ID-validation against a valid
 (``gaussian`` noise by default, never one of the test OOD sets), and reported on the ID-test
 part against the test OOD sets.
 
+The validation set: ID = a seeded share of the ID test set (--val-fraction, --seed), OOD = the
+--val-ood set (default: synthetic Gaussian noise, pixels clip(N(0.5, 1), 0, 1), in the ID image
+size). Noise is easy to tell from real images, so it often cannot rank the settings: settings
+that tie (equal validation FPR95 and AUROC to the printed two decimals) are named in a warning,
+and the paper's setting is kept when it is among them. For a real choice give --val-ood a folder
+of real images unlike the ID classes that is not one of the test sets. With --benchmark the
+benchmark's own ID and OOD validation lists are used instead (best AUROC, OpenOOD's rule).
+
   python sweep.py --in-dataset CIFAR-10 --out-datasets dtd FashionMNIST            # LINe's grid
   python sweep.py --method knn --out-datasets dtd --grid k=1,10,50,200
   python sweep.py --method line --grid p_w=10,50,90 --grid clip_threshold=0.8,1.0,inf
@@ -24,12 +32,13 @@ from pipeline.config import SweepConfig
 from pipeline.flags import add_evaluation_args, add_run_args, config_values, method_arg, method_choices
 from pipeline.sweep import sweep
 from util.argtypes import fraction_arg
+from util.cli import CliParser
 from util.errors import UserError
 from util.runtime import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__ + "\n" + default_grids(),
@@ -53,15 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--val-ood",
         default=None,
-        help="validation OOD set (default: gaussian; with --benchmark its OOD validation list)",
+        help="validation OOD set, a set name or an image folder, never a test set (default: "
+        f"{SweepConfig.val_ood}, synthetic noise in the ID image size; with --benchmark its OOD validation "
+        "list); see 'The validation set' below",
     )
     parser.add_argument(
         "--val-fraction",
         type=fraction_arg,
         default=None,
-        help="ID test share for validation (default 0.2; with --benchmark its ID validation list instead)",
+        help="share of the ID test set held out as ID validation images, the rest is reported as the test "
+        f"part (default: {SweepConfig.val_fraction:g}; with --benchmark its ID validation list instead)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="seed of the ID validation split (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of the ID validation split (default: {SweepConfig.seed})",
+    )
     add_evaluation_args(parser)
     return parser
 

@@ -12,15 +12,16 @@ Targets (issue 4): e2e >= 0.9 x model, e2e >= 1.5 x plain; features equal to 1e-
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import torch
 from common import cifar10_test_images, cpu_extractor, densenet, plain_forward, preload, report, timed
 
+from util.cli import CliParser
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=1024, help="number of images")
     parser.add_argument("-b", "--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1)

@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import write_relu_rows  # noqa: E402
 
+from util.cli import CliParser  # noqa: E402
+
 C, D = 1000, 2048
 FULL_TRAIN, FULL_TEST = 1_281_167, 50_000
 
@@ -151,7 +153,7 @@ def feature_methods() -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1/20 scale (64,058 x 2,048 training rows)")
     parser.add_argument("--dir", default=None, help="where the arrays go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="leave the arrays in --dir")

@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import line_problem  # noqa: E402
 
+from util.cli import CliParser  # noqa: E402
+
 C, D = 1000, 2048
 P_W, P_A, TAU = 10.0, 10.0, 0.8
 
@@ -163,7 +165,7 @@ def report_scoring(name: str, samples: int, r: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--naive-samples", type=int, default=2000)
     parser.add_argument("--skip-naive", action="store_true")

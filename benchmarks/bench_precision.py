@@ -10,18 +10,18 @@ measured by benchmarks/precision_results.sh (full CIFAR-10 benchmark, fp32 vs bf
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import torch
 from common import cifar10_test_images, densenet, plain_forward, preload, report, timed
 
+from util.cli import CliParser
 from util.devices import default_device
 from util.features import FeatureExtractor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=512)
     parser.add_argument("-b", "--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])

@@ -13,7 +13,6 @@ Targets (issue 4): ours >= 5x faster than original, contributions equal to 1e-5,
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from common import DATA_ROOT, cpu_extractor, densenet, preload, timed
 
 from detectors.statistics import ClassMeanAccumulator, class_mean_contributions, taylor_contributions
+from util.cli import CliParser
 from util.data import balanced_subset, dataset_labels
 from util.datasets import id_dataset, id_transform
 
@@ -38,7 +38,7 @@ def original_method(model, x, y):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=256, help="training images for ours and bare")
     parser.add_argument("--original-n", type=int, default=64, help="images timed for the original method")
     parser.add_argument("-b", "--batch-size", type=int, default=256)

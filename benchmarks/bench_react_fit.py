@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import write_relu_rows  # noqa: E402
 
+from util.cli import CliParser  # noqa: E402
+
 
 def generate(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     """A .npy of max(N(0, 1), 0) float32 values, written block by block (about half exact zeros)."""
@@ -57,7 +59,7 @@ def fit_in_this_process(path: str, percentile: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_281_167)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--percentile", type=float, default=90.0)

@@ -15,7 +15,6 @@ Runs from the feature cache (ood_eval.py fills it); no forward pass when the set
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from detectors import registry  # noqa: E402
 from detectors.base import score_features  # noqa: E402
 from pipeline import setup  # noqa: E402
 from pipeline.config import EvalConfig  # noqa: E402
+from util.cli import CliParser  # noqa: E402
 from util.metrics import auroc  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def pytorch_ood_detectors(fc: torch.nn.Linear, z: torch.Tensor, y: torch.Tensor)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--cache-dir", default="../cache")
     parser.add_argument(

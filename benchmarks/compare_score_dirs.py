@@ -10,11 +10,13 @@ absolute difference per file and exits 1 when any exceeds --atol + --rtol * |ref
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from util.cli import CliParser  # noqa: E402
 
 
 def load(path: Path) -> np.ndarray | None:
@@ -52,7 +54,7 @@ def compare(ref_dir: Path, new_dir: Path, rtol: float, atol: float) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("reference", type=Path)
     parser.add_argument("other", type=Path)
     parser.add_argument("--rtol", type=float, default=1e-4)

@@ -18,7 +18,6 @@ puts into docs/results.md.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import get_model  # noqa: E402
+from util.cli import CliParser  # noqa: E402
 from util.data import balanced_subset, dataset_labels, load_rgb  # noqa: E402
 from util.datasets import id_dataset, id_transform  # noqa: E402
 
@@ -43,7 +43,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument(
         "--checkpoint", default="../shared/checkpoints/CIFAR-10/densenet/checkpoint_100.pth.tar"

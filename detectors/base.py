@@ -22,6 +22,9 @@ and the sweep, so that a new detector is one new module plus one registry line:
   the fitted state depends on (a sweep changes the others without refitting).
 - ``kind``: ``"features"`` (scored from cached features) or ``"network"`` (needs the network and
   the images, like ODIN; see ``NetworkDetector``).
+- ``check_sizes(D, C, N)``: what the settings cannot take from the sizes known before any forward
+  pass (KNN's k above its bank, ViM's dimension at D; ``needs_each_class``: a training image per
+  class), each message naming the flag to change.
 - ``family``: how the results table groups it: ``"logit"`` (a function of the logits alone),
   ``"feature"`` (uses the penultimate features, the head's weights or training statistics) or
   ``"network"`` (runs the network).
@@ -168,6 +171,7 @@ class Detector:
     params: ClassVar[tuple[Param, ...]] = ()  # generated from the two above and ``__init__``
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     fit_params: ClassVar[tuple[str, ...] | None] = None  # None: the fitted state depends on all
+    needs_each_class: ClassVar[bool] = False  # the fit needs training features of every class
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -220,6 +224,23 @@ class Detector:
 
     def check_params(self) -> None:
         """Raises ValueError on a parameter value the detector cannot take; ``fit`` calls it first."""
+
+    def check_sizes(self, feature_dim: int, num_classes: int, num_train: int | None) -> list[str]:
+        """What this configuration cannot take from features of ``feature_dim`` values (D), a head of
+        ``num_classes`` outputs (C) and ``num_train`` training images (None: not known), known
+        before any forward pass: one message per problem, naming the flag to change (``flag``).
+        Default: a detector that fits class statistics (``needs_each_class``) needs at least one
+        training image per class; subclasses add their own sizes."""
+        if self.needs_each_class and num_train is not None and num_train < num_classes:
+            return [
+                f"{self.name} needs a training image of each of the {num_classes} classes, but only "
+                f"{num_train} training images are used; raise --max-samples (or add training images)"
+            ]
+        return []
+
+    def flag(self, param: str) -> str:
+        """The generated command-line flag of parameter ``param`` (``--knn-k``)."""
+        return next(p.flags[0] for p in self.params if p.name == param)
 
     def run_name(self) -> str:
         """The method name of this configuration: its results folder and table row."""
@@ -291,6 +312,23 @@ class Detector:
         predicted class) overrides this to see every row together.
         """
         return None
+
+    # -- from a model and images (detectors.from_loader) ---------------------------------------
+    def fit_loader(self, model: nn.Module, loader, head: str | None = None, input_std=None) -> Detector:
+        """Fitted on ``model`` and one pass over the training ``loader`` (batches ``x``, ``(x, y,
+        ...)`` or dicts): the statistics ``fit`` names, computed as precompute.py computes them;
+        a network-level detector takes the model (and ``input_std``, else the loader's
+        Normalize). The model is left as it was. Returns the detector."""
+        from .from_loader import fit_loader
+
+        return fit_loader(self, model, loader, head, input_std)
+
+    def score(self, model: nn.Module, x: torch.Tensor, head: str | None = None) -> torch.Tensor:
+        """Scores (B,) float64 of a batch of images run through ``model`` (higher = more ID);
+        ``detectors.wrap.OODClassifier`` gives the logits too."""
+        from .from_loader import score_with_model
+
+        return score_with_model(self, model, x, head)[0]
 
 
 class NetworkDetector(Detector):

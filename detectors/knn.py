@@ -31,6 +31,28 @@ MAX_BANK_BYTES = 1 << 30  # larger training banks are streamed from their file
 BANK_ROWS = 16384  # rows of a streamed bank read at a time
 
 
+def bank_size(num_train: int, fraction: float) -> int:
+    """How many of ``num_train`` training rows a seeded share ``fraction`` keeps (``seeded_rows``:
+    all at fraction 1, else round(fraction * N), at least one)."""
+    return num_train if fraction >= 1 else max(1, round(fraction * num_train))
+
+
+def bank_problems(detector, num_train: int | None) -> list[str]:
+    """k against the training bank that ``fraction`` keeps of ``num_train`` images (KNN, NNGuide)."""
+    if num_train is None:
+        return []
+    bank = bank_size(num_train, float(detector.fraction))
+    if detector.k <= bank:
+        return []
+    k, fraction = detector.flag("k"), detector.flag("fraction")
+    if detector.fraction >= 1:
+        return [f"{k} {detector.k} exceeds the {num_train} training images; lower {k}"]
+    return [
+        f"{k} {detector.k} exceeds the {bank} training features kept by {fraction} {detector.fraction:g} "
+        f"of {num_train} training images; lower {k} or raise {fraction}"
+    ]
+
+
 def normalise(h: torch.Tensor) -> torch.Tensor:
     return h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + 1e-10)
 
@@ -66,6 +88,9 @@ class KNN(Detector):
             raise ValueError(f"KNN k must be >= 1, got {self.k}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"KNN fraction of training data must be in (0, 1], got {self.fraction}")
+
+    def check_sizes(self, feature_dim: int, num_classes: int, num_train: int | None) -> list[str]:
+        return bank_problems(self, num_train)
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:

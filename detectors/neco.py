@@ -38,6 +38,13 @@ class NECO(Detector):
         self.dim = dim
         self.maxlogit = maxlogit
 
+    def check_sizes(self, feature_dim: int, num_classes: int, num_train: int | None) -> list[str]:
+        """A given ``dim`` must lie in [1, D] (the default, C - 1, is capped at D)."""
+        if self.dim is None or 1 <= self.dim <= feature_dim:
+            return []
+        flag = self.flag("dim")
+        return [f"{flag} {self.dim} exceeds the D = {feature_dim} feature dimensions; lower {flag}"]
+
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"dim": tuple(d for d in (5, 9, 20, 50, 100, 200, 500) if d < feature_dim) or (1,)}

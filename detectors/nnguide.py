@@ -23,6 +23,7 @@ from util.argtypes import fraction_arg
 from util.io import take_rows
 
 from .base import Detector
+from .knn import bank_problems
 from .statistics import seeded_rows
 
 MAX_BANK_BYTES = 4 << 30
@@ -47,6 +48,9 @@ class NNGuide(Detector):
         self.fraction = fraction
         self.seed = seed
         self.block = block
+
+    def check_sizes(self, feature_dim: int, num_classes: int, num_train: int | None) -> list[str]:
+        return bank_problems(self, num_train)
 
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:

@@ -107,8 +107,9 @@ def resolve(name: str) -> tuple[type[Detector], str]:
             return cls, variant
     valid = method_names() + list(aliases())
     close = closest_name(name, valid)
-    hint = f"; did you mean {close!r}?" if close else ""
-    raise UserError(f"unknown method {name!r}: choose from {', '.join(valid)}{hint}")
+    if close:  # the likely one, not the whole list
+        raise UserError(f"unknown method {name!r}; did you mean {close!r}? (every method: ood_eval.py --help or registry.method_names())")
+    raise UserError(f"unknown method {name!r}: choose from {', '.join(valid)}")
 
 
 def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> Detector:

@@ -40,6 +40,7 @@ class RelativeMahalanobis(Detector):
     name = "rmds"
     aliases = ("relative_mahalanobis",)
     paper = "Ren et al., arXiv 2021"
+    needs_each_class = True
 
     def fit(self, fc, train_features, train_labels) -> RelativeMahalanobis:
         super().fit(fc)

@@ -22,6 +22,7 @@ from .base import Detector
 class SHE(Detector):
     name = "she"
     paper = "Zhang et al., ICLR 2023"
+    needs_each_class = True
 
     def fit(self, fc, train_features, train_labels, chunk: int = 8192) -> SHE:
         super().fit(fc)

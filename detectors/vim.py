@@ -42,6 +42,17 @@ class ViM(Detector):
     def __init__(self, dim: int | None = None):
         self.dim = dim
 
+    def check_sizes(self, feature_dim: int, num_classes: int, num_train: int | None) -> list[str]:
+        """The principal dimension (given, or ``default_principal_dim``) must be below D."""
+        dim = default_principal_dim(feature_dim) if self.dim is None else int(self.dim)
+        if 0 <= dim < feature_dim:
+            return []
+        flag = self.flag("dim")
+        return [
+            f"{flag} {dim} must be below the D = {feature_dim} feature dimensions (the residual space "
+            f"needs at least one); lower {flag}"
+        ]
+
     @classmethod
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"dim": tuple(sorted({max(1, feature_dim * k // 8) for k in (1, 2, 4, 6)}))}

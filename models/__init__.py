@@ -37,19 +37,25 @@ class ModelSpec:
 
     build: Callable[[int], nn.Module]
     input: InputSpec | None = None
+    input_source: str | None = None  # where ``input`` comes from, as the start-of-run block says
+
+
+def _imagenet_input(arch: str) -> tuple[InputSpec, str]:
+    """(input, its source) of the ImageNet-1k weights spec of ``arch`` (models.weights)."""
+    weights = WEIGHTS["imagenet", arch]
+    return weights.input, f"the weights spec of {weights.source} (models/weights.py)"
 
 
 # The ImageNet architectures expect the input of their ImageNet-1k weights (models.weights);
 # DenseNet-101 takes the dataset's (its CIFAR weights' input is the CIFAR datasets' own).
 MODELS = {
     "densenet": ModelSpec(lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5)),
-    "resnet50": ModelSpec(lambda c: ResNet50(num_classes=c), WEIGHTS["imagenet", "resnet50"].input),
+    "resnet50": ModelSpec(lambda c: ResNet50(num_classes=c), *_imagenet_input("resnet50")),
     "BiT-S-R101x1": ModelSpec(
-        lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c),
-        WEIGHTS["imagenet", "BiT-S-R101x1"].input,
+        lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c), *_imagenet_input("BiT-S-R101x1")
     ),
     "efficientnet-lite0": ModelSpec(
-        lambda c: EfficientNetLite0(num_classes=c), WEIGHTS["imagenet", "efficientnet-lite0"].input
+        lambda c: EfficientNetLite0(num_classes=c), *_imagenet_input("efficientnet-lite0")
     ),
 }
 MODEL_NAMES = tuple(MODELS)
@@ -122,3 +128,16 @@ def preferred_input(name: str) -> InputSpec | None:
     if external.is_external(name):
         return external.preferred_input(name)
     return MODELS[name].input
+
+
+def preferred_input_source(name: str) -> str | None:
+    """Where ``preferred_input(name)`` comes from (the built-in weights spec, torchvision's weights
+    transforms, timm's pretrained config), as the start-of-run block names it; None: no such input."""
+    prefix, _, model = name.partition(":")
+    if not external.is_external(name):
+        return MODELS[name].input_source
+    if prefix == "torchvision":
+        import torchvision
+
+        return f"torchvision's {torchvision.models.get_model_weights(model).DEFAULT} transforms"
+    return f"timm's pretrained config of {model}" if prefix == "timm" else None

@@ -142,6 +142,7 @@ class DetectorRun:
 
     flag: str
     detector: Detector
+    given: dict | None = None  # the parameters set by flags; None: not recorded (told apart by value)
 
     @property
     def method(self) -> str:
@@ -155,6 +156,7 @@ class EvalConfig(RunConfig):
     detectors: list[DetectorRun] = field(default_factory=list)
     out_datasets: list[str] | None = None
     max_ood_samples: int | None = None  # each OOD set limited to this many images (spread over it)
+    noise_samples: int | None = None  # images of each noise set; None: as many as the ID test set
     base_dir: str = "output/ood_scores"
     fpr_convention: str = "id"
     plots: bool = False
@@ -178,6 +180,7 @@ class SweepConfig(RunConfig):
     grid: dict[str, tuple] = field(default_factory=dict)
     out_datasets: list[str] | None = None
     max_ood_samples: int | None = None
+    noise_samples: int | None = None  # images of each noise set; None: as many as the ID test set
     val_ood: str = "gaussian"
     val_fraction: float = 0.2
     seed: int = 0

@@ -42,7 +42,7 @@ CHECKED_FIRST = ("mean_feature", "contributions", "batchnorm")
 SAVED_RUN_FIELDS = (
     "model_arch", "checkpoint", "epochs", "precision", "data_root", "max_samples",
     "contrib", "feat_stat", "detail", "id_root", "class_map", "num_classes", "head",
-    "image_size", "mean", "std", "max_ood_samples",
+    "image_size", "mean", "std", "max_ood_samples", "noise_samples",
 )  # fmt: skip
 TRAIN_STATISTICS = ("train_features", "train_labels")
 
@@ -55,9 +55,10 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     ensure_writable_dir(config.cache_dir, "cache directory")
     config.device = distributed.setup(config.device)  # torchrun: join the process group
     session = open_session(config, lambda tf: _sets_scored(config, tf))
-    _check_statistics_first(config, session.stats)
+    failures = _check_first(config, session)  # before any forward pass
+    runs = [run for run in config.detectors if run.method not in failures]
     ensure_writable_dir(config.base_dir, "output directory")
-    features = _extract(config, session)
+    features = _extract(runs, session)
     if not distributed.leave():  # torchrun: ranks > 0 are done; rank 0 fits and scores alone
         return []
     if features:  # scored from features: say what extracting them cost
@@ -77,14 +78,73 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         "num_images": {k: len(v) for k, v in session.datasets.items()},
     }
     results, fits = [], {}
-    owners = original_files.owners([run.method for run in config.detectors])
-    for run in config.detectors:
-        result, fits[run.method] = _evaluate_one(config, run, session, features, base, run.method in owners)
+    owners = original_files.owners([run.method for run in runs])
+    seconds = {}
+    for run in runs:
+        t0 = time.time()
+        try:
+            owns = run.method in owners
+            result, fits[run.method] = _evaluate_one(config, run, session, features, base, owns)
+        except (UserError, ValueError) as exc:  # --methods: the others go on
+            failures[run.method] = _failed(config, run, exc)
+            continue
+        seconds[run.method] = time.time() - t0
         if result is not None:
             results.append(result)
-    _print_tables(config, results, session.names, fits)
+    if seconds:
+        print("fitted and scored in " + ", ".join(f"{m} {s:.1f} s" for m, s in seconds.items()))
+    _print_tables(config, results, session.names, fits, failures)
+    note = accuracy_note(config, session.model_key, features.get("in"))
+    if note:
+        print(note)
     print(f"forward passes: {session.extractor.images_forwarded} images ({time.time() - start:.1f} s in all)")
+    if failures:
+        raise DetectorsFailed(results, failures)
     return results
+
+
+class DetectorsFailed(SystemExit):
+    """Raised by ``evaluate`` after everything else was fitted, scored, written and printed, when
+    some detectors of ``--methods`` failed: exit status 1. ``results``: the others' results;
+    ``failures``: method -> one-line reason."""
+
+    def __init__(self, results: list, failures: dict[str, str]):
+        super().__init__(1)
+        self.results, self.failures = results, failures
+
+
+def _failed(config: EvalConfig, run, exc: Exception) -> str:
+    """The one-line reason a detector of --methods failed (said now, in full); a lone --method's
+    error stops the run as it is."""
+    if len(config.detectors) == 1:
+        raise exc if isinstance(exc, UserError) else UserError(f"{run.method}: {exc}") from None
+    message = str(exc).removeprefix(f"{run.method}: ")
+    print(f"{run.method} failed: {message} (the other methods go on)")
+    return message.splitlines()[0]
+
+
+# The ID accuracy this many percentage points below the published top-1 of the weights is pointed out.
+ACCURACY_GAP = 5.0
+
+
+def accuracy_note(config: EvalConfig, model_key: dict, id_features) -> str | None:
+    """A line when the classifier's ID accuracy (argmax of its logits on the ID test set scored) is
+    more than ``ACCURACY_GAP`` points below the top-1 its published weights spec gives
+    (``models.weights``) on that dataset's test set; None when that is not known."""
+    weights = setup.known_weights(config, model_key)
+    if id_features is None or weights is None or weights.top1 is None or weights.dataset != config.label:
+        return None
+    accuracy = 100 * float(np.mean(np.argmax(id_features.logits, axis=1) == id_features.labels))
+    if weights.top1 - accuracy <= ACCURACY_GAP:
+        return None
+    n = len(id_features.labels)
+    subset = f"; this run scored a --max-samples subset of {n} images" if config.max_samples else ""
+    return (
+        f"note: the classifier's ID accuracy, {accuracy:.2f}% on {n} images, is "
+        f"{weights.top1 - accuracy:.1f} points below the {weights.top1:g}% published for these weights "
+        f"({weights.source}) on the {weights.dataset} test set{subset}. Usual causes: other images "
+        "(e.g. JPEG copies of the test set) or other preprocessing (see the input line at the start)"
+    )
 
 
 def _sets_scored(config: EvalConfig, tf) -> tuple[dict, list[str]]:
@@ -95,34 +155,65 @@ def _sets_scored(config: EvalConfig, tf) -> tuple[dict, list[str]]:
     return datasets, names
 
 
-def _needs(config: EvalConfig) -> set[str]:
-    """The statistics the chosen detectors fit on."""
-    return {name for run in config.detectors for name in run.detector.needs()}
+def _needs(runs: list) -> set[str]:
+    """The statistics the detectors ``runs`` fit on."""
+    return {name for run in runs for name in run.detector.needs()}
 
 
-def _check_statistics_first(config: EvalConfig, stats) -> None:
-    """Load the statistics files the detectors need (``CHECKED_FIRST``) before any forward pass;
-    under torchrun rank 0 reads them and every rank stops with its message."""
-    needs = _needs(config)
-    error = None
+def _check_first(config: EvalConfig, session) -> dict[str, str]:
+    """{method: one-line reason} of the detectors that cannot run, found before any forward pass:
+    settings the sizes cannot take (``Detector.check_sizes``: D, C, training images) and statistics
+    files missing or not matching (``CHECKED_FIRST``). A lone detector's problem, or problems of
+    every detector, stop the run with the messages; otherwise each is said and the others go on."""
+    errors = _size_problems(config, session)
+    others = [run for run in config.detectors if run.method not in errors]
+    errors.update(_statistics_problems(others, session.stats))
+    if not errors:
+        return {}
+    if len(errors) == len(config.detectors):
+        raise UserError("\n".join(errors.values()))
+    reasons = {method: message.removeprefix(f"{method}: ") for method, message in errors.items()}
+    for method, reason in reasons.items():
+        print(f"{method} cannot run: {reason} (the other methods go on)")
+    return {method: reason.splitlines()[0] for method, reason in reasons.items()}
+
+
+def _size_problems(config: EvalConfig, session) -> dict[str, str]:
+    """{method: its size problems} (``Detector.check_sizes``); the training images are counted
+    (no forward pass) only for detectors that fit on training features."""
+    fc, out = session.fc, {}
+    for run in config.detectors:
+        detector = run.detector
+        num_train = len(session.train_dataset()) if "train_features" in detector.needs() else None
+        problems = detector.check_sizes(fc.in_features, fc.out_features, num_train)
+        if problems:
+            out[run.method] = f"{run.method}: " + "; ".join(problems)
+    return out
+
+
+def _statistics_problems(runs: list, stats) -> dict[str, str]:
+    """{method: message} of the statistics files (``CHECKED_FIRST``) the detectors ``runs`` need
+    that are missing or do not match; under torchrun rank 0 reads them and tells every rank."""
+    errors = {}
     if distributed.is_main():  # only rank 0 reads the cache directory (no shared file system needed)
-        try:
-            for name in CHECKED_FIRST:
-                if name in needs:
-                    stats.get(name)
-        except UserError as exc:
-            error = str(exc)
+        for run in runs:
+            try:
+                for name in CHECKED_FIRST:
+                    if name in run.detector.needs():
+                        stats.get(name)
+            except UserError as exc:
+                errors[run.method] = str(exc)
     if distributed.active():
-        error = distributed.broadcast(error)
-    if error is not None:
-        raise UserError(error)
+        errors = distributed.broadcast(errors)
+    return errors
 
 
-def _extract(config: EvalConfig, session) -> dict:
-    """Features of the training set (when a detector fits on them) and of every set scored from
-    features, after checking the cache's disk space; {} when only network-level detectors run."""
-    needs = _needs(config)
-    by_features = any(run.detector.kind == "features" for run in config.detectors)
+def _extract(runs: list, session) -> dict:
+    """Features of the training set (when a detector of ``runs`` fits on them) and of every set
+    scored from features, after checking the cache's disk space; {} when only network-level
+    detectors run."""
+    needs = _needs(runs)
+    by_features = any(run.detector.kind == "features" for run in runs)
     if by_features:
         extractor = session.extractor
         needed = sum(extractor.bytes_needed(ds, session.tags[k]) for k, ds in session.datasets.items())
@@ -174,16 +265,15 @@ def _evaluate_one(config: EvalConfig, run, session, features: dict, base: dict, 
         )
     settings["seconds_to_score"] = round(time.time() - t0, 2)
     result = _complete(config, run.method, run_dir, session.names, settings, config.only)
-    print(f"{run.method}: {time.time() - t0:.1f} s")
     return result, fit
 
 
 def _write_original_files(config: EvalConfig, method: str, scores, id_predictions, run_dir: Path) -> None:
-    """The original code's per-image text files of ``method`` (``pipeline/original_files.py``)."""
+    """The original code's per-image text files of ``method`` (``pipeline/original_files.py``; where
+    they went is said once, after the table); a note when the folder holds files of other runs."""
     nat, others = original_files.write_original_files(
         config.base_dir, config.label, config.name, method, config.detail, scores, id_predictions, run_dir
     )
-    print(f"{method}: per-image scores in the original code's format in {nat}/")
     if others:
         listed = ", ".join(f"{f} ({w['method']})" for f, w in list(others.items())[:6])
         more = f" and {len(others) - 6} more" if len(others) > 6 else ""
@@ -212,6 +302,7 @@ def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
                 if any(getattr(config, f) is not None for f in ("image_size", "mean", "std"))
                 else None,
                 "max_ood_samples": config.max_ood_samples,
+                "noise_samples": config.noise_samples,
                 "benchmark": config.benchmark,
             }.items()
             if v is not None
@@ -275,32 +366,40 @@ def _complete(config: EvalConfig, method: str, run_dir: Path, names: list[str], 
     groups = setup.ood_groups(config, ood)
     result = report.method_result(method, scores, accuracy, ood, settings, groups)
     title = f"{method} on {config.label} ({config.name})"
-    plots = report.write_result(run_dir, result, config.plots, title, config.fpr_convention)
+    report.write_result(run_dir, result, config.plots, title, config.fpr_convention)
     latest = runs_store.method_dir(config.base_dir, config.label, method, config.name)
-    runs_store.publish(run_dir, latest, ["in", *ood])
-    if plots:
-        print(
-            f"{method}: {len(plots)} plots ({config.fpr_convention.upper()} positive) in {latest / 'plots'}/"
-        )
-    print(f"{method}: results.json in {latest}/ (the latest run) and {run_dir}/")
+    runs_store.publish(run_dir, latest, ["in", *ood])  # where: one line after the table (_print_tables)
     return result
 
 
-def _print_tables(config: EvalConfig, results: list, names: list[str], fits: dict) -> None:
-    if not results:
-        return
-    if results[0].groups:  # an OpenOOD benchmark: each set, the near and far averages, both conventions
+def _print_tables(
+    config: EvalConfig, results: list, names: list[str], fits: dict, failures: dict[str, str] | None = None
+) -> None:
+    """The table of the methods (a row for each of ``failures``, {method: one-line reason}), notes
+    on their training images, one line saying where the results went and, for a run that wrote
+    them, one saying where the original code's files went."""
+    failures = failures or {}
+    label, name = config.label, config.name
+    if results and results[0].groups:  # OpenOOD benchmark: each set, near and far averages, both FPR95s
         for r in results:
-            print(report.benchmark_table(r, config.label, config.name))
-        if len(results) > 1:
-            print(report.benchmark_summary(results, config.label, config.name))
-    elif len(results) == 1:
-        print(report.single_table(results[0], config.label, config.name, config.fpr_convention))
-    else:
+            print(report.benchmark_table(r, label, name))
+        if len(results) > 1 or failures:
+            print(report.benchmark_summary(results, label, name, failures))
+    elif len(results) == 1 and not failures:
+        print(report.single_table(results[0], label, name, config.fpr_convention))
+    elif results or failures:
         names = [n for n in names if all(n in r.ood for r in results)]
-        print(report.methods_table(results, names, config.label, config.name, config.fpr_convention))
+        print(report.methods_table(results, names, label, name, config.fpr_convention, failures))
     for line in report.training_notes(fits, config.max_samples):
         print(line)
+    if results:
+        plots = config.fpr_convention if config.plots else None
+        print(runs_store.results_line(config.base_dir, label, name, [r.method for r in results], plots))
+    if not config.cal_metric:  # the original code's files are written when scoring, not from saved runs
+        methods = [run.method for run in config.detectors if run.method not in failures]
+        line = original_files.location_line(config.base_dir, label, name, methods)
+        if line:
+            print(line)
 
 
 def metrics_from_saved(config: EvalConfig) -> list[MethodResult]:

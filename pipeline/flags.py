@@ -192,6 +192,13 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
         help="score at most this many images of each OOD set, spread evenly over it (default: all)",
     )
     parser.add_argument(
+        "--noise-samples",
+        type=positive_int,
+        default=None,
+        help="images of each synthetic noise set (gaussian, uniform); image i is the same in any size "
+        "(default: as many as the ID test set, at most 10,000)",
+    )
+    parser.add_argument(
         "--contrib",
         default=None,
         help="LINe contributions file (default: the one precompute.py wrote in --cache-dir)",
@@ -503,7 +510,7 @@ def detector_runs(args: argparse.Namespace, in_dataset: str) -> list[DetectorRun
         cls, _ = registry.lookup(name)
         given = given_params(args, cls)
         try:
-            run = DetectorRun(flag, registry.build(name, in_dataset, given))
+            run = DetectorRun(flag, registry.build(name, in_dataset, given), given)
         except ValueError as exc:  # a value the detector cannot take (argparse checks most)
             raise UserError(f"{name}: {exc}") from None
         inert = run.detector.inert_params()

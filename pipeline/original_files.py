@@ -3,7 +3,7 @@ analysis scripts written for the originals (their ``util/metrics.py``) read our 
 
     {base_dir}/{in_dataset}/{method}/{name}/nat/in_scores{suffix}.txt     one score per line
     {base_dir}/{in_dataset}/{method}/{name}/nat/in_labels{suffix}.txt     "label prediction confidence"
-    {base_dir}/{in_dataset}/{method}/{name}/nat/{set}/out_scores{suffix}.txt
+    {base_dir}/{in_dataset}/{method}/{name}/nat/{set}/out_scores{suffix}.txt   (a folder: its base name)
 
 ``method`` is the original code's ``--method``: ``taylor`` for LINe, whose files carry the suffix
 ``_taylor_{detail}`` (LINe's code), and ``energy`` for DICE and ReAct, which the DICE code runs as
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from util.io import atomic_write_json, atomic_write_text
+from util.io import atomic_write_json, atomic_write_text, file_stem, short_names
 
 # Our method -> the original code's --method (its folder name).
 ORIGINAL_METHOD = {"line": "taylor", "dice": "energy", "react": "energy"}
@@ -50,6 +50,26 @@ def owners(methods: list[str]) -> dict[str, str]:
     return {m: f for f, m in by_folder.items()}
 
 
+def location_line(base_dir, in_dataset: str, name: str, methods: list[str]) -> str | None:
+    """One line saying where the original code's files of ``methods`` (those of a run that wrote
+    them) went; a method sharing its folder with another (``owners``) is said to have none."""
+    owned = owners(methods)
+    if not owned:
+        return None
+    folders = [f if f == m else f"{f} ({m})" for m, f in owned.items()]
+    if len(owned) == 1:
+        where = f"{nat_dir(base_dir, in_dataset, next(iter(owned)), name)}/"
+    else:
+        where = f"{nat_dir(base_dir, in_dataset, '<folder>', name)}/ for <folder> = {', '.join(folders)}"
+    holder = {f: m for m, f in owned.items()}
+    skipped = "".join(
+        f"; {m}'s are not written ({original_folder(m)}/ holds {holder[original_folder(m)]}'s)"
+        for m in methods
+        if m not in owned
+    )
+    return f"original code's per-image text files (its --method folders): {where}{skipped}"
+
+
 def _lines(values) -> str:
     return "".join(f"{v}\n" for v in np.asarray(values).tolist())
 
@@ -69,11 +89,12 @@ def write_original_files(
     nat = nat_dir(base_dir, in_dataset, method, name)
     end = suffix(method, detail)
     written = []
+    label = short_names(scores)  # a folder by its base name (parent_base where two share it)
     for key, values in scores.items():
         if key == "in":
             written.append(f"in_scores{end}.txt")
         else:
-            written.append(f"{key.replace('/', '_').replace(chr(92), '_')}/out_scores{end}.txt")
+            written.append(f"{file_stem(label[key])}/out_scores{end}.txt")
         atomic_write_text(nat / written[-1], _lines(values))
     if id_predictions is not None and "in" in scores:
         rows = zip(

@@ -20,6 +20,7 @@ from util.runtime import code_version, ensure_writable_dir
 
 from . import setup
 from .config import PrecomputeConfig
+from .run_block import print_run_block
 from .statistics import contributions_path, feat_stat_path
 
 
@@ -67,6 +68,7 @@ def precompute(config: PrecomputeConfig) -> None:
     start = time.time()
     ensure_writable_dir(config.cache_dir, "cache directory")
     model, model_key, checkpoint = setup.load_classifier(config)
+    print_run_block(config, model, model_key, checkpoint)  # model, weights, input: before any forward pass
     train = setup.train_set(config, setup.transform(config))
     print(f"{config.label} training set: {len(train)} images; weights {setup.weights_source(checkpoint)}")
 
@@ -131,9 +133,13 @@ def _statistics(fs, fc, checkpoint, train) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _write_statistics(config: PrecomputeConfig, contrib, mean, provenance: dict) -> None:
-    """The contributions (D, C) float32 and the mean feature, each with a JSON record beside it."""
-    contrib_file = contributions_path(config.cache_dir, config.label, config.name)
-    stat_file = feat_stat_path(config.cache_dir, config.label, config.name)
+    """The contributions (D, C) float32 and the mean feature, each with a JSON record beside it; a
+    --max-samples N subset's under their own names (``_nN``, ``pipeline/statistics.py``), never
+    replacing the whole training set's."""
+    contrib_file = contributions_path(
+        config.cache_dir, config.label, config.name, max_samples=config.max_samples
+    )
+    stat_file = feat_stat_path(config.cache_dir, config.label, config.name, config.max_samples)
     atomic_save_npy(contrib_file, contrib.T.astype(np.float32))
     atomic_save_npy(stat_file, mean)
     for path, kind in ((contrib_file, "contributions"), (stat_file, "feat_stat")):

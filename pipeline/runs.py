@@ -1,7 +1,9 @@
 """Where each evaluation's results are kept, so that no run silently replaces another.
 
     {base_dir}/{in_dataset}/{method}/{name}/
-        results.json, scores/<set>.npy, plots/   the latest run of the method (README.md)
+        results.json, scores/<set>.npy, plots/   the latest run of the method (docs/files.md); a set
+                                                 given as a folder by its base name (util.io.short_names),
+                                                 scores/sets.json names each file's set
         runs/<run id>/                           every run with its own settings, kept:
             run.json                             the settings (detector, checkpoint, subsets, ...)
             scores/<set>.npy                     per-image scores, in dataset order
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from util.errors import UserError
-from util.io import atomic_write_json, sha256_json
+from util.io import SCORE_INDEX, atomic_write_json, score_files, sha256_json
 
 RUNS = "runs"
 
@@ -32,6 +34,18 @@ RUNS = "runs"
 def method_dir(base_dir, in_dataset: str, method: str, name: str) -> Path:
     """``{base_dir}/{in_dataset}/{method}/{name}``: the latest results of the method."""
     return Path(base_dir) / in_dataset / method / name
+
+
+def results_line(base_dir, in_dataset: str, name: str, methods: list[str], plots: str | None = None) -> str:
+    """The one line saying where the results of ``methods`` went (``plots``: their FPR95 convention,
+    when plots were written)."""
+    folder = method_dir(base_dir, in_dataset, methods[0] if len(methods) == 1 else "<method>", name)
+    each = "" if len(methods) == 1 else " for each method"
+    figures = f", plots ({plots.upper()} positive) in plots/" if plots else ""
+    return (
+        f"results: {folder / 'results.json'}{each} (per-image scores in scores/{figures}, settings in "
+        f"results.json; {RUNS}/ keeps every run)"
+    )
 
 
 def _text(value) -> str:
@@ -67,9 +81,12 @@ def find_runs(folder: Path, readable: str) -> list[Path]:
 
 
 def load_scores(run_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The saved scores of the sets ``names`` (as given: set names or folder paths; the file of
+    each is in ``scores/sets.json``, ``util.io.score_files``)."""
     out = {}
+    files = score_files(run_dir, names)
     for name in names:
-        path = run_dir / "scores" / (name.replace("/", "_").replace("\\", "_") + ".npy")
+        path = run_dir / "scores" / files[name]
         if not path.is_file():
             raise UserError(f"no saved scores of {name} in {run_dir} ({path} not found)")
         out[name] = np.load(path)
@@ -109,13 +126,15 @@ def publish(run_dir: Path, latest: Path, score_names: list[str]) -> None:
     which keeps them in its own folder); results.json is written last.
     """
     scores = latest / "scores"
-    keep = {n.replace("/", "_").replace("\\", "_") + ".npy" for n in score_names}
+    files = score_files(run_dir, score_names)
+    keep = set(files.values())
     if scores.is_dir():
         for old in scores.glob("*.npy"):
             if old.name not in keep:
                 old.unlink()
     for name in sorted(keep):
         _copy(run_dir / "scores" / name, scores / name)
+    atomic_write_json(scores / SCORE_INDEX, files)
     if (latest / "plots").is_dir():  # plots of an earlier run would not match these scores
         shutil.rmtree(latest / "plots")
     if (run_dir / "plots").is_dir():

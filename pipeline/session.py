@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from detectors import registry
 from util.features import FeatureExtractor
 
 from . import setup
 from .config import RunConfig
+from .run_block import print_run_block
 from .statistics import TrainingStatistics
 
 
@@ -40,10 +42,16 @@ class Session:
     stats: TrainingStatistics | None = None
     _train: dict = field(default_factory=dict)
 
+    def train_dataset(self):
+        """The ID training set (``setup.train_set``), built once; reading it runs no network."""
+        if "dataset" not in self._train:
+            self._train["dataset"] = setup.train_set(self.config, self.transform)
+        return self._train["dataset"]
+
     def extract_train(self):
         """The training set's FeatureSet (None on torchrun ranks > 0), extracted or loaded once."""
         if "set" not in self._train:
-            train = setup.train_set(self.config, self.transform)
+            train = self.train_dataset()
             self._train["set"] = self.extractor.extract(train, setup.tag(self.config, "train"))
         return self._train["set"]
 
@@ -63,6 +71,8 @@ def open_session(config: RunConfig, choose_sets: Callable) -> Session:
     tf = setup.transform(config)
     datasets, names = choose_sets(tf)
     model, model_key, checkpoint = setup.load_classifier(config)
+    # what will run, before any forward pass
+    print_run_block(config, model, model_key, checkpoint, _detectors(config), datasets)
     extractor = setup.make_extractor(config, model, model_key)
     tags = {key: setup.set_tag(config, key) for key in datasets}
     fc = model.get_classifier()
@@ -71,3 +81,12 @@ def open_session(config: RunConfig, choose_sets: Callable) -> Session:
         config, model_key, setup.num_classes(config), fc.in_features, session.extract_train, model=model
     )
     return session
+
+
+def _detectors(config: RunConfig) -> list[tuple]:
+    """(detector, the parameters flags set) of the run: ood_eval.py's, or the one a sweep starts
+    from (its grid varies it)."""
+    if getattr(config, "detectors", None):
+        return [(run.detector, run.given) for run in config.detectors]
+    method = getattr(config, "method", None)
+    return [(registry.build(method, config.dataset.preset), {})] if method else []

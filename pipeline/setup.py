@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from models import as_classifier, build_model, input_normalization, preferred_input
-from models.checkpoints import resolve_checkpoint
+from models import as_classifier, build_model, input_normalization, preferred_input, preferred_input_source
+from models.checkpoints import published_weights, resolve_checkpoint
 from models.external import code_sha256, weights_sha256
+from models.weights import WEIGHTS, Weights
 from util.data import balanced_subset, folder_classes, normalization, spread_subset
-from util.datasets import id_dataset, ood_dataset, present_ood_sets
+from util.datasets import NOISE_SIZE, OOD_SETS, id_dataset, ood_dataset, present_ood_sets
 from util.errors import UserError
 from util.features import FeatureExtractor
 from util.inputs import InputSpec
@@ -106,24 +107,71 @@ def input_spec(config: RunConfig) -> InputSpec:
     (``model_input``: full-size images) the model's preferred input replaces it (built-in spec,
     torchvision weights' transforms, timm's config); elsewhere only a built-in architecture's own
     normalisation does (BiT: mean = std = 0.5). --image-size (the crop; the resize keeps the
-    resize/crop ratio), --mean and --std override.
+    resize/crop ratio), --mean and --std override. ``input_choice`` also says where each part
+    came from.
     """
+    return input_choice(config)[0]
+
+
+def input_choice(config: RunConfig) -> tuple[InputSpec, dict[str, str]]:
+    """(``input_spec``, where its parts came from: ``size`` (resize and crop), ``mean``, ``std``
+    -> the dataset spec's default, the model's weights spec / torchvision's / timm's, a flag)."""
     dataset = config.dataset
     spec = dataset.input
-    if dataset.model_input:
-        spec = preferred_input(config.model_arch) or spec
-    else:
+    default = (
+        f"the {dataset.name} dataset spec's default"
+        if config.id_root is None
+        else "the image-folder default (ImageNet's input)"
+    )
+    source = dict.fromkeys(("size", "mean", "std"), default)
+    model_source = preferred_input_source(config.model_arch)
+    if dataset.model_input and preferred_input(config.model_arch) is not None:
+        spec = preferred_input(config.model_arch)
+        source = dict.fromkeys(source, model_source)
+    elif not dataset.model_input and input_normalization(config.model_arch) is not None:
         norm = input_normalization(config.model_arch)
-        if norm is not None:
-            spec = replace(spec, mean=tuple(norm[0]), std=tuple(norm[1]))
+        spec = replace(spec, mean=tuple(norm[0]), std=tuple(norm[1]))
+        source.update(mean=model_source, std=model_source)
     if config.image_size is not None:
         resize = round(config.image_size * spec.resize / spec.crop)
         spec = replace(spec, resize=resize, crop=config.image_size)
+        source["size"] = f"--image-size {config.image_size}"
     if config.mean is not None:
         spec = replace(spec, mean=tuple(config.mean))
+        source["mean"] = "--mean"
     if config.std is not None:
         spec = replace(spec, std=tuple(config.std))
-    return spec
+        source["std"] = "--std"
+    return spec, source
+
+
+def known_weights(config: RunConfig, model_key: dict) -> Weights | None:
+    """The published weights spec (``models.weights``) of the run's weights, or None: the one whose
+    sha256 the checkpoint's digest starts with, or without --checkpoint the published weights the
+    run took when their spec has no sha256 to compare (BiT)."""
+    digest = model_key["checkpoint_sha256"]
+    for weights in WEIGHTS.values():
+        if weights.sha256 and weights.arch == config.model_arch and digest.startswith(weights.sha256):
+            return weights
+    if config.checkpoint is None and not digest.startswith("state_dict:"):
+        weights = published_weights(
+            config.in_dataset, config.name, config.model_arch, config.epochs, model_key["num_classes"]
+        )
+        if weights is not None and weights.sha256 is None:
+            return weights
+    return None
+
+
+def trained_input(config: RunConfig, model_key: dict, checkpoint) -> tuple[InputSpec, str] | None:
+    """(the input the run's weights were trained with, where that is known from), or None when it
+    is not known: a published weights spec they match, or a library's own pretrained weights
+    (no checkpoint file: torchvision's weights transforms, timm's config)."""
+    weights = known_weights(config, model_key)
+    if weights is not None:
+        return weights.input, f"the weights spec of {weights.source}"
+    if checkpoint is None and preferred_input_source(config.model_arch) is not None:
+        return preferred_input(config.model_arch), preferred_input_source(config.model_arch)
+    return None
 
 
 def transform(config: RunConfig):
@@ -197,10 +245,37 @@ def test_sets(
         found, _ = present_ood_sets(config.dataset.ood_sets, config.data_root)
         return sets, list(requested or found)
     names = ood_set_names(config.dataset.ood_sets, config.data_root, requested)
+    noise = noise_size(config, len(sets["in"]))
     for name in [*extra, *names]:
         limits = [n for n in (config.max_samples, getattr(config, "max_ood_samples", None)) if n]
-        sets[name] = spread_subset(ood_dataset(name, config.data_root, tf), min(limits, default=None))
+        sets[name] = spread_subset(ood_dataset(name, config.data_root, tf, noise), min(limits, default=None))
     return sets, names
+
+
+def noise_size(config: RunConfig, id_test_size: int) -> int:
+    """Images of each synthetic OOD set (gaussian, uniform): --noise-samples, else as many as the ID
+    test set scored, at most ``NOISE_SIZE``. Image i is seeded by i, so a smaller set is the first
+    images of a larger one (their scores are the same)."""
+    return getattr(config, "noise_samples", None) or min(id_test_size, NOISE_SIZE)
+
+
+def noise_note(config: RunConfig, datasets: dict) -> str | None:
+    """The line saying how many images each synthetic OOD set of ``datasets`` has, and why."""
+    noise = [k for k in datasets if k in OOD_SETS and OOD_SETS[k].synthetic]
+    if not noise:
+        return None
+    counts = sorted({len(datasets[k]) for k in noise})
+    asked = getattr(config, "noise_samples", None)
+    why = (
+        f"--noise-samples {asked}"
+        if asked
+        else f"as many as the ID test set, at most {NOISE_SIZE:,}; --noise-samples N for another number"
+    )
+    intended = noise_size(config, len(datasets["in"])) if "in" in datasets else asked
+    if intended and counts[-1] < intended:
+        why += "; fewer by --max-samples / --max-ood-samples"
+    each = "/".join(str(c) for c in counts)
+    return f"noise sets {', '.join(noise)}: {each} images each ({why})"
 
 
 def benchmark_sets(config: RunConfig, tf, requested: list[str] | None, ood: bool = True, val: bool = False):

@@ -6,7 +6,14 @@ Files (the original repositories' names and orientations, so theirs load here an
 - ``{in_dataset}_{name}_{method}_mean_class.npy``: contributions, shape (D, C);
 - ``{in_dataset}_{name}_feat_stat.npy``: mean training feature, shape (D,);
 - ``{file}.json`` next to each: what produced it (dataset, architecture, checkpoint sha256,
-  cache version) and the file's own sha256.
+  cache version, number of images) and the file's own sha256.
+
+Those names hold statistics of the whole training set. ``precompute.py --max-samples N`` writes
+its own files, ``..._mean_class_nN.npy`` and ``..._feat_stat_nN.npy``, and never replaces the
+whole set's. ``ood_eval.py`` (and ``sweep.py``) read the files of their ``--max-samples``: without
+it the whole set's; with ``--max-samples N`` the ``_nN`` files, or where precompute.py has not
+written those, the whole set's with a note saying so (the table's training notes repeat it); never
+another subset's. ``--contrib`` / ``--feat-stat`` name a file and always win.
 """
 
 from __future__ import annotations
@@ -25,17 +32,29 @@ from util.openood import BENCHMARKS
 from . import setup
 
 
+def subset_suffix(max_samples: int | None) -> str:
+    """``_nN`` for statistics of a --max-samples N training subset; empty for the whole set."""
+    return f"_n{max_samples}" if max_samples else ""
+
+
 def contributions_path(
-    cache_dir, in_dataset: str, name: str, method: str = "taylor", detail: str = "mean_class"
+    cache_dir,
+    in_dataset: str,
+    name: str,
+    method: str = "taylor",
+    detail: str = "mean_class",
+    max_samples: int | None = None,
 ) -> Path:
     """LINe's class-mean contributions, shape (D, C): ``{in_dataset}_{name}_{method}_{detail}.npy``
-    (``detail`` is the LINe code's ``--detail``, ``mean_class`` for class means)."""
-    return Path(cache_dir) / f"{in_dataset}_{name}_{method}_{detail}.npy"
+    (``detail`` is the LINe code's ``--detail``, ``mean_class`` for class means), with ``_nN``
+    before ``.npy`` for a ``max_samples`` subset."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_{method}_{detail}{subset_suffix(max_samples)}.npy"
 
 
-def feat_stat_path(cache_dir, in_dataset: str, name: str) -> Path:
-    """DICE's mean training feature, shape (D,): ``{in_dataset}_{name}_feat_stat.npy``."""
-    return Path(cache_dir) / f"{in_dataset}_{name}_feat_stat.npy"
+def feat_stat_path(cache_dir, in_dataset: str, name: str, max_samples: int | None = None) -> Path:
+    """DICE's mean training feature, shape (D,): ``{in_dataset}_{name}_feat_stat.npy``, with ``_nN``
+    before ``.npy`` for a ``max_samples`` subset."""
+    return Path(cache_dir) / f"{in_dataset}_{name}_feat_stat{subset_suffix(max_samples)}.npy"
 
 
 def _require_finite(values: np.ndarray, path: Path) -> None:
@@ -192,6 +211,39 @@ class TrainingStatistics:
         record = check_provenance(path, self.model_key, self.config.label, flag, inputs)
         self.files[key] = {"path": str(path), "sha256": sha256_file(path), "record": record}
 
+    def _find(self, what: str, flag: str, path_of) -> Path:
+        """The statistics file of this run's training images: ``path_of(name, max_samples)`` by
+        --name, else by --model-arch (the original code's naming); with --max-samples N the ``_nN``
+        file, else the whole set's with a note; else an error naming the file and the command."""
+        c = self.config
+        max_samples = getattr(c, "max_samples", None)
+
+        def present(subset):
+            return next(
+                (p for p in (path_of(n, subset) for n in (c.name, c.model_arch)) if p.is_file()), None
+            )
+
+        wanted = path_of(c.name, max_samples)
+        command = f"python precompute.py {c.dataset_flags}" + (
+            f" --max-samples {max_samples}" if max_samples else ""
+        )
+        path = present(max_samples) if max_samples else None
+        if path is None:
+            path = present(None)
+            if path is not None and max_samples:
+                print(
+                    f"note: {what}: no {wanted.name} (--max-samples {max_samples}) in {wanted.parent}; "
+                    f"using {path.name}, written without --max-samples (`{command}` writes the matching one)"
+                )
+        if path is not None:
+            return path
+        whole = path_of(c.name, None)
+        others = sorted(p.name for p in whole.parent.glob(f"{whole.stem}_n*.npy"))
+        there = f"; there are files of other --max-samples: {', '.join(others)}" if others else ""
+        raise UserError(
+            f"{what} {wanted} not found: run `{command}` with the same --cache-dir, or pass {flag}{there}"
+        )
+
     def _load_mean_feature(self) -> np.ndarray:
         c = self.config
         if c.feat_stat:
@@ -199,13 +251,11 @@ class TrainingStatistics:
             if not path.is_file():
                 raise UserError(f"DICE feature statistics {path} (given with --feat-stat) not found")
         else:
-            candidates = [feat_stat_path(c.cache_dir, c.label, n) for n in (c.name, c.model_arch)]
-            path = next((p for p in candidates if p.is_file()), None)
-            if path is None:  # by --name, else by --model-arch (the DICE code's naming)
-                raise UserError(
-                    f"DICE feature statistics {candidates[0]} not found: run `python precompute.py "
-                    f"{c.dataset_flags}` with the same --cache-dir, or pass --feat-stat"
-                )
+            path = self._find(
+                "DICE feature statistics",
+                "--feat-stat",
+                lambda n, m: feat_stat_path(c.cache_dir, c.label, n, m),
+            )
         self._record("mean_feature", path, "--feat-stat" if c.feat_stat else None)
         return load_feat_stat(path, self.feature_dim)
 
@@ -216,15 +266,11 @@ class TrainingStatistics:
             path = Path(c.contrib)
             if not path.is_file():
                 raise UserError(f"LINe contributions {path} (given with --contrib) not found")
-        else:  # by --name, else by --model-arch (the LINe code's naming: model_arch = name)
-            candidates = [
-                contributions_path(c.cache_dir, c.label, n, detail=detail) for n in (c.name, c.model_arch)
-            ]
-            path = next((p for p in candidates if p.is_file()), None)
-            if path is None:
-                raise UserError(
-                    f"LINe contributions {candidates[0]} not found: run `python precompute.py "
-                    f"{c.dataset_flags}` with the same --cache-dir first"
-                )
+        else:
+            path = self._find(
+                "LINe contributions",
+                "--contrib",
+                lambda n, m: contributions_path(c.cache_dir, c.label, n, detail=detail, max_samples=m),
+            )
         self._record("contributions", path, "--contrib" if c.contrib else None)
         return load_contributions(path, self.num_classes, self.feature_dim)

@@ -5,6 +5,9 @@ detector's search space (``Detector.search_space``, axes overridable) is scored 
 set, a validation OOD set (``gaussian`` noise by default, never one of the test OOD sets) and the
 test OOD sets; the setting with the lowest FPR95 (then highest AUROC) of ID-validation against
 the validation OOD set is selected and reported on the ID-test part against the test OOD sets.
+Settings tied at the printed precision (``select_setting``) are named in a warning and the paper's
+setting is kept when it is among them; a validation set that ties every setting is said to be
+unable to discriminate (``--val-ood`` with real images is the remedy).
 
 Feature-level detectors are scored from the feature cache (no forward pass once the sets are
 cached), all sets stacked into one array per setting; a setting that changes only parameters the
@@ -22,6 +25,7 @@ import numpy as np
 
 from detectors import registry
 from detectors.base import score_features
+from util.datasets import OOD_SETS
 from util.errors import UserError
 from util.io import atomic_write_json
 from util.metrics import auroc, fpr_at_95_tpr, ood_metrics
@@ -77,10 +81,76 @@ class Validation:
         val_idx, test_idx = split_indices(len(part["in"]), self.fraction, self.seed)
         return part["in"][val_idx], part["in"][test_idx]
 
-    def best(self, rows: list[dict]) -> dict:
-        if self.by_auroc:
-            return max(rows, key=lambda r: (r["val_AUROC"], -r["val_FPR95"]))
-        return min(rows, key=lambda r: (r["val_FPR95"], -r["val_AUROC"]))
+    def select(self, rows: list[dict], axes: list[str], paper: dict) -> Selection:
+        return select_setting(rows, axes, paper, by_auroc=self.by_auroc)
+
+
+# Validation metrics are printed as percentages with two decimals; settings equal at that
+# precision are tied (the table cannot tell them apart, and on a few thousand validation images a
+# smaller difference is a few images' worth of noise).
+TIE_DECIMALS = 2
+
+
+def shown(value: float) -> float:
+    """A metric (a fraction) as the table prints it: a percentage rounded to ``TIE_DECIMALS``."""
+    return round(100 * value, TIE_DECIMALS)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The selected row; ``tied``: the rows tied with it on the validation criterion (itself
+    included; one row when there is no tie), in grid order; ``paper``: the paper's setting on the
+    swept axes; ``tie_rule``: why the rows tie; ``undiscriminating``: every setting tied (the
+    validation set cannot rank them)."""
+
+    row: dict
+    tied: list[dict]
+    reason: str
+    paper: dict
+    tie_rule: str = ""
+    undiscriminating: bool = False
+
+
+def same_setting(row: dict, setting: dict, axes: list[str]) -> bool:
+    return all(a in setting and row[a] == setting[a] for a in axes)
+
+
+def select_setting(rows: list[dict], axes: list[str], paper: dict, by_auroc: bool = False) -> Selection:
+    """The best row by validation FPR95 then AUROC (``by_auroc``: AUROC then FPR95, OpenOOD's rule),
+    both compared as printed (``shown``). Rows equal to the best are tied; when every row's FPR95 is
+    100% (FPR95-first rule only: no threshold keeping 95% of the ID images rejects any OOD image, as
+    with easy noise scored oddly) all rows are tied. Of tied rows the paper's setting (``paper``,
+    the preset's values on ``axes``) is kept when it is among them, else the first in grid order."""
+
+    def key(row: dict) -> tuple:
+        fpr, auc = shown(row["val_FPR95"]), shown(row["val_AUROC"])
+        return (-auc, fpr) if by_auroc else (fpr, -auc)
+
+    best = min(key(r) for r in rows)
+    no_fpr_rank = not by_auroc and len(rows) > 1 and all(shown(r["val_FPR95"]) == 100 for r in rows)
+    tied = list(rows) if no_fpr_rank else [r for r in rows if key(r) == best]
+    undiscriminating = len(rows) > 1 and len(tied) == len(rows)
+    if len(tied) == 1:
+        return Selection(tied[0], tied, "the best validation result", paper)
+    kept = next((r for r in tied if same_setting(r, paper, axes)), None)
+    if kept is not None:
+        reason = "the paper's setting"
+    else:
+        reason = (
+            f"the first in grid order; the paper's setting ({setting_text(paper, axes)}) is not among the "
+            "tied ones"
+        )
+    rule = (
+        "val FPR95 100.00 for every setting: no threshold keeping 95% of the ID images rejects an OOD one"
+        if no_fpr_rank
+        else f"equal val {'AUROC and FPR95' if by_auroc else 'FPR95 and AUROC'} to two decimals"
+    )
+    return Selection(kept or tied[0], tied, reason, paper, rule, undiscriminating)
+
+
+def setting_text(setting: dict, axes: list[str]) -> str:
+    """``p_w=90, p_a=90`` (a value the setting lacks as ?)."""
+    return ", ".join(f"{a}={setting.get(a, '?')}" for a in axes) or "the defaults"
 
 
 def validation_of(config: SweepConfig) -> Validation:
@@ -128,6 +198,7 @@ def sweep(config: SweepConfig) -> dict:
             base.with_params(**setting).check_params()
         except ValueError as exc:
             raise UserError(f"{config.method} {setting}: {exc}") from None
+    settings = _settings_the_sizes_take(config, base, settings, session)
     score, forward_note = _scorer(config, base, session)
     extracted = time.time()
     print(
@@ -140,19 +211,23 @@ def sweep(config: SweepConfig) -> dict:
         part = score(setting)
         val_images = len(validation.split(part)[0])
         rows.append(_row(setting, part, validation, session.names, groups))
-    best = validation.best(rows)
-    _print_rows(rows, best, list(space), session.names, validation.selection, time.time() - extracted)
-    for g, m in best.get("groups", {}).items():
-        print(
-            f"  {g} AVG ({', '.join(groups[g])}): FPR95 (ID+) {100 * m['FPR95']:.2f}, FPR95 (OOD+) "
-            f"{100 * m['FPR95_OOD_POSITIVE']:.2f}, AUROC {100 * m['AUROC']:.2f}"
-        )
+    axes = list(space)
+    paper = {a: v for a, v in base.get_params().items() if a in space}
+    chosen = validation.select(rows, axes, paper)
+    _print_rows(rows, chosen, axes, session.names, validation.selection, time.time() - extracted)
+    for line in tie_warning(chosen, validation, axes):
+        print(line)
+    _print_groups(chosen.row, groups)
     out_dir = method_dir(config.base_dir, config.label, f"{base.run_name()}_sweep", config.name)
     summary = {
         "method": base.run_name(),
         "defaults": base.get_params(),
         "grid": {a: list(v) for a, v in space.items()},
-        "selected": best,
+        "selected": chosen.row,
+        "selected_because": chosen.reason,
+        "tied": [{a: r[a] for a in axes} for r in chosen.tied] if len(chosen.tied) > 1 else [],
+        "paper_setting": paper,
+        "validation_discriminates": not chosen.undiscriminating,
         "rows": rows,
         "selection": validation.selection,
         "val_ood": validation.ood_key,
@@ -166,9 +241,58 @@ def sweep(config: SweepConfig) -> dict:
     }
     atomic_write_json(out_dir / "sweep.json", summary)
     if len(space) >= 2:
-        _heatmap(config, base.run_name(), out_dir, rows, best, list(space))
+        _heatmap(config, base.run_name(), out_dir, rows, chosen.row, axes)
     print(f"results: {out_dir / 'sweep.json'}  ({time.time() - start:.1f} s in all)")
     return summary
+
+
+def tie_warning(
+    chosen: Selection, validation: Validation, axes: list[str], shown_at_most: int = 8
+) -> list[str]:
+    """The WARNING lines of a tie (none without one): the tied settings, which one was kept and why,
+    and, when the validation set ties every setting, that it cannot discriminate and what to pass."""
+    if len(chosen.tied) < 2:
+        return []
+    names = [setting_text(r, axes) for r in chosen.tied]
+    more = f", and {len(names) - shown_at_most} more (in sweep.json)" if len(names) > shown_at_most else ""
+    lines = [
+        f"WARNING: {len(names)} settings tie on the validation set ({validation.description} against "
+        f"{validation.ood_key}; {chosen.tie_rule}): {'; '.join(names[:shown_at_most])}{more}; "
+        f"selected {setting_text(chosen.row, axes)} ({chosen.reason})"
+    ]
+    if chosen.undiscriminating:
+        lines.append(
+            f"WARNING: the validation set cannot discriminate between the {len(names)} settings; "
+            + _validation_remedy(validation)
+        )
+    return lines
+
+
+def _validation_remedy(validation: Validation) -> str:
+    """What to change when a validation set ties every setting: real images instead of synthetic
+    noise (an OOD set spec without a path), else a larger or harder validation set."""
+    if validation.id_key is not None:
+        return "these benchmark validation lists do not rank this detector's settings"
+    spec = OOD_SETS.get(validation.ood_key)
+    if spec is not None and spec.path is None:
+        return "pass --val-ood with a real OOD set (an image folder unlike the ID classes, not a test set)"
+    return "a larger (--val-fraction, more --val-ood images) or harder validation OOD set may separate them"
+
+
+def _settings_the_sizes_take(config: SweepConfig, base, settings: list[dict], session) -> list[dict]:
+    """The grid's settings that D, C and the training images can take (``Detector.check_sizes``,
+    known before any forward pass); each dropped one is said, and none left is an error."""
+    num_train = len(session.train_dataset()) if "train_features" in base.needs() else None
+    fc, kept = session.fc, []
+    for setting in settings:
+        problems = base.with_params(**setting).check_sizes(fc.in_features, fc.out_features, num_train)
+        if problems:
+            print(f"{config.method} {setting} left out of the sweep: {'; '.join(problems)}")
+        else:
+            kept.append(setting)
+    if not kept:
+        raise UserError(f"{config.method}: no setting of the grid can run here (see the lines above)")
+    return kept
 
 
 def _scorer(config: SweepConfig, base, session):
@@ -229,26 +353,42 @@ def _row(setting: dict, part: dict, validation: Validation, test_names: list[str
     return row
 
 
-def _print_rows(rows: list[dict], best: dict, axes: list[str], test_names, selection: str, seconds: float):
-    """The table of every setting (the selected one marked) and the selection line."""
+def _print_rows(
+    rows: list[dict], chosen: Selection, axes: list[str], test_names, selection: str, seconds: float
+):
+    """The table of every setting (the selected one and the ones tied with it marked) and the
+    selection line."""
     head = "".join(f"{a:>16}" for a in axes)
     print(
         f"{head} | {'val FPR95':>9}{'val AUROC':>10} | {'test FPR95':>10}{'test AUROC':>11}"
         f"   (test = mean over {', '.join(test_names)}; %)"
     )
+    best, tied = chosen.row, {id(r) for r in chosen.tied} if len(chosen.tied) > 1 else set()
     for r in rows:
-        mark = "  <- selected" if r is best else ""
+        mark = "  <- selected" if r is best else "  (tied)" if id(r) in tied else ""
         print(
             "".join(f"{r[a]!s:>16}" for a in axes)
             + f" | {100 * r['val_FPR95']:>9.2f}{100 * r['val_AUROC']:>10.2f} | {100 * r['test_FPR95']:>10.2f}"
             f"{100 * r['test_AUROC']:>11.2f}{mark}"
         )
-    chosen = ", ".join(f"{a}={best[a]}" for a in axes) or "the defaults"
+    how = (
+        f"by {selection}"
+        if len(chosen.tied) < 2
+        else f"among {len(chosen.tied)} tied settings ({chosen.reason})"
+    )
     print(
-        f"{len(rows)} settings scored in {seconds:.1f} s; "
-        f"selected by {selection}: {chosen} -> "
+        f"{len(rows)} settings scored in {seconds:.1f} s; selected {how}: {setting_text(best, axes)} -> "
         f"test FPR95 {100 * best['test_FPR95']:.2f}, AUROC {100 * best['test_AUROC']:.2f}"
     )
+
+
+def _print_groups(best: dict, groups: dict) -> None:
+    """The selected setting's average over each OOD group (near, far) of a benchmark."""
+    for g, m in best.get("groups", {}).items():
+        print(
+            f"  {g} AVG ({', '.join(groups[g])}): FPR95 (ID+) {100 * m['FPR95']:.2f}, FPR95 (OOD+) "
+            f"{100 * m['FPR95_OOD_POSITIVE']:.2f}, AUROC {100 * m['AUROC']:.2f}"
+        )
 
 
 def _heatmap(

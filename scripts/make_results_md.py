@@ -9,7 +9,6 @@ a LINe ablation table when ablation variants are present, and the commands that 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -21,6 +20,7 @@ if str(REPO) not in sys.path:
 
 from detectors.line import line_parts  # noqa: E402
 from detectors.registry import FAMILIES, family_of, order_key, paper_of  # noqa: E402
+from util.cli import CliParser  # noqa: E402
 from util.errors import UserError  # noqa: E402
 from util.io import atomic_write_text  # noqa: E402
 from util.runtime import run_cli  # noqa: E402
@@ -67,7 +67,7 @@ def pct(x: float) -> str:
 
 
 def main_table(results: dict[str, dict], sets: list[str]) -> list[str]:
-    head = ["Method", *(f"{s} FPR95↓ / AUROC↑" for s in sets), "AVG FPR95↓", "AVG AUROC↑", "AVG AUIN↑"]
+    head = ["Method", *(f"{s} FPR95↓ / AUROC↑" for s in sets), "AVG FPR95↓", "AVG AUROC↑", "AVG AUPR-IN↑"]
     head += ["AVG FPR95 (OOD+)", "ID acc."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = min(r["average"]["FPR95"] for r in results.values())
@@ -237,7 +237,7 @@ def header_lines(results: dict[str, dict]) -> list[str]:
         "FPR95 is the papers' convention (ID is the positive class: the fraction of OOD images above the",
         "threshold that keeps 95% of ID test images). `AVG FPR95 (OOD+)` is OpenOOD's / pytorch-ood's",
         "FPR95 (OOD positive: the fraction of ID images flagged when 95% of OOD images are flagged), a",
-        "different number. AUROC and AUIN take ID as positive. The lowest average FPR95 is in bold.",
+        "different number. AUROC and AUPR-IN take ID as positive. The lowest average FPR95 is in bold.",
         "",
         f"ID test images: {n_images.get('in', '?')}; OOD: "
         + ", ".join(f"{k} {v}" for k, v in n_images.items() if k != "in")
@@ -308,7 +308,7 @@ def regenerate_lines(results, base_dir: Path, out: Path, jpeg, network, network_
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-dir", default="output/ood_scores", help="ood_eval.py --base-dir")
     parser.add_argument("--in-dataset", default="CIFAR-10")
     parser.add_argument("--name", default="densenet")

@@ -405,14 +405,14 @@ def test_degenerate_scores_are_defined_or_refused(env, precomputed, tmp_path, ca
     link_images(env["root"] / "ood_datasets" / "dtd" / "images" / "braided", one, 1)
     code, _, _ = run_main(ood_eval, eval_args(env, "--out-datasets", str(one)), capsys)
     result = json.loads((env["out"] / "CIFAR-10" / "energy" / "densenet" / "results.json").read_text())
-    assert code == 0 and all(np.isfinite(v) for v in result["ood"][str(one)].values())
+    assert code == 0 and all(np.isfinite(v) for v in result["ood"][one.name].values())
 
     # Non-finite scores: an error naming the set and the count, never "nan" in a table.
     with pytest.raises(Exception, match=r"2 of 5 scores of OOD set dtd are NaN or infinite"):
         set_metrics({"in": np.arange(4.0), "dtd": np.array([1, np.nan, 2, np.inf, 3])}, "dtd")
     state = torch.load(env["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
     state["fc.weight"][0] = float("nan")
-    nan_ckpt = tmp_path / "nan.pth"
+    nan_ckpt = tmp_path / "broken_weights.pth"  # its path is printed: no "nan" in the name
     torch.save({"state_dict": state}, nan_ckpt)
     argv = eval_args(env, "--out-datasets", "dtd", "--max-samples", "2", out=tmp_path / "out")
     code, out, err = run_main(ood_eval, [*argv, "--checkpoint", str(nan_ckpt)], capsys)

@@ -115,7 +115,7 @@ def test_precompute_and_sweep_run_on_a_1000_class_folder_with_random_resnet50_we
         "--checkpoint", str(checkpoint), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
         "--device", "cpu", "--workers", "0", "-b", "16",
     ]  # fmt: skip
-    precompute.main([*common, "--max-samples", "8"])
+    precompute.main([*common, "--max-samples", "6"])  # the statistics of the sweep's training subset
     out = tmp_path / "out"
     sweep.main(
         [*common, "--out-datasets", "sun", "dtd", "--max-samples", "6", "--base-dir", str(out),

@@ -80,7 +80,7 @@ def test_single_method_plots_and_ood_positive_convention(run, capsys):
     assert result["settings"]["fpr_convention"] == "ood"
     avg_line = next(line for line in out.splitlines() if line.startswith("AVG"))
     assert f"{100 * result['average']['FPR95_OOD_POSITIVE']:.2f}" in avg_line
-    assert f"line_ac_wp: 4 plots (OOD positive) in {result_dir / 'plots'}/" in out
+    assert f"results: {result_dir / 'results.json'} (per-image scores in scores/, plots (OOD positive)" in out
     pngs = sorted(p.name for p in (result_dir / "plots").iterdir())
     assert pngs == ["hist_gaussian.png", "hist_uniform.png", "roc_gaussian.png", "roc_uniform.png"]
     assert (result_dir / "plots" / "roc_uniform.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,5 @@
-"""The README's Python API block runs as written, from a repository-like root (real checkpoint)."""
+"""docs/python-api.md's block on the layers underneath runs as written, from a repository-like root (real
+checkpoint)."""
 
 import re
 
@@ -8,8 +9,8 @@ import precompute
 
 
 def python_api_block() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Python API") :]
+    text = (REPO / "docs" / "python-api.md").read_text()
+    section = text[text.index("## The layers underneath") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

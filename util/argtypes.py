@@ -106,7 +106,10 @@ def name_or_folder_arg(choices, what: str, spellings=()):
         if os.path.isdir(text):
             return text
         if os.sep in text or "/" in text:
-            raise argparse.ArgumentTypeError(f"{what} folder {text!r} does not exist")
+            raise argparse.ArgumentTypeError(
+                f"{what} folder {text!r} does not exist; check the path, or give an image folder with "
+                f"train/<class>/* and test/<class>/*, or a name: {', '.join(choices)}"
+            )
         try:
             return by_name(text)
         except argparse.ArgumentTypeError as exc:

@@ -43,9 +43,9 @@ _MOS_URL = "http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset"
 class OODSet:
     """A named OOD set: where it lives under the data root, where a user gets it, how it is read.
 
-    ``read(spec, path, transform)`` builds the dataset from the located ``path`` (None for a
-    synthetic set); ``files``: the set is the first of these file names found in ``path`` (an
-    idx file) rather than ``path`` itself.
+    ``read(spec, path, transform)`` builds the dataset from the located ``path``; a synthetic set
+    (``path`` None) is ``read(spec, None, transform, size)``; ``files``: the set is the first of
+    these file names found in ``path`` (an idx file) rather than ``path`` itself.
     """
 
     name: str
@@ -73,9 +73,17 @@ class OODSet:
     def missing_message(self, data_root: str | os.PathLike) -> str:
         return f"OOD set {self.name}: {Path(data_root) / self.path} not found; get it from {self.source}"
 
-    def dataset(self, data_root: str | os.PathLike, transform) -> Dataset:
+    @property
+    def synthetic(self) -> bool:
+        """Made here (noise), in as many images as asked for."""
+        return self.path is None
+
+    def dataset(self, data_root: str | os.PathLike, transform, size: int | None = None) -> Dataset:
+        """The set; a synthetic one with ``size`` images (default ``NOISE_SIZE``)."""
         if not self.available(data_root):
             raise UserError(self.missing_message(data_root))
+        if self.synthetic:
+            return self.read(self, None, transform, size or NOISE_SIZE)
         return self.read(self, self.locate(data_root), transform)
 
 
@@ -99,9 +107,10 @@ def read_idx(spec: OODSet, path: Path, transform) -> Dataset:
     )
 
 
-def read_noise(spec: OODSet, path: None, transform) -> Dataset:
-    """``NOISE_SIZE`` synthetic images in the ID crop size, normalised like the ID images."""
-    return NoiseImages(spec.name, NOISE_SIZE, image_size(transform), normalization(transform))
+def read_noise(spec: OODSet, path: None, transform, size: int = NOISE_SIZE) -> Dataset:
+    """``size`` synthetic images in the ID crop size, normalised like the ID images. Image i is
+    seeded by i alone, so a smaller set is the first images of a larger one."""
+    return NoiseImages(spec.name, size, image_size(transform), normalization(transform))
 
 
 _DROPBOX = "https://www.dropbox.com/s"
@@ -188,10 +197,11 @@ def present_ood_sets(names, data_root: str | os.PathLike) -> tuple[list[str], li
     return present, [missing_ood_message(n, data_root) for n in names if n not in present]
 
 
-def ood_dataset(name: str, data_root: str | os.PathLike, transform) -> Dataset:
-    """A named OOD set (``OOD_SETS``), or any directory read as an image folder (labels ignored)."""
+def ood_dataset(name: str, data_root: str | os.PathLike, transform, noise_size: int | None = None) -> Dataset:
+    """A named OOD set (``OOD_SETS``; a synthetic one of ``noise_size`` images, default
+    ``NOISE_SIZE``), or any directory read as an image folder (labels ignored)."""
     if name in OOD_SETS:
-        return OOD_SETS[name].dataset(data_root, transform)
+        return OOD_SETS[name].dataset(data_root, transform, noise_size)
     if not Path(name).is_dir():
         raise UserError(unknown_ood_message(name))
     return image_folder(Path(name), transform)

@@ -59,11 +59,89 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_scores(out_dir: str | os.PathLike, scores: dict[str, np.ndarray]) -> None:
-    """Each set's scores as out_dir/scores/<set>.npy ("/" and "\\" in a set name become "_")."""
+def _is_path(name: str) -> bool:
+    return "/" in name or "\\" in name or name in (".", "..")
+
+
+def _parts(name: str) -> list[str]:
+    """The folders of a path, outermost first (``a/b/myood/`` -> [..., a, b, myood])."""
+    return [p for p in Path(os.path.abspath(name.replace("\\", "/"))).parts if p not in ("/", "\\")]
+
+
+def short_names(names, taken=()) -> dict[str, str]:
+    """The name each set goes by in tables, results.json and file names.
+
+    A set name (``dtd``, ``in``) stays as it is; a folder path (a name with ``/`` or ``\\``) goes by
+    its base name (``/tmp/x/myood`` -> ``myood``), with as many parent folders in front
+    (``x/myood``) as it takes to differ from every other set of ``names``, from ``taken`` and from
+    the named sets (``ood_datasets/dtd``: a folder named ``dtd`` is not the set ``dtd``).
+    """
+    from util.datasets import OOD_SETS  # here: util.io is imported by modules util.datasets needs
+
+    names = list(dict.fromkeys(names))
+    labels = {n: n for n in names if not _is_path(n)}
+    paths = {n: _parts(n) for n in names if _is_path(n)}
+    depth = dict.fromkeys(paths, 1)
+    fixed = set(labels.values()) | set(taken) | {"in", *OOD_SETS}
+    while True:
+        current = {n: "/".join(parts[-depth[n] :]) for n, parts in paths.items()}
+        counts: dict[str, int] = {}
+        for label in current.values():
+            counts[label] = counts.get(label, 0) + 1
+        clash = [
+            n
+            for n, label in current.items()
+            if (label in fixed or counts[label] > 1) and depth[n] < len(paths[n])
+        ]
+        if not clash:
+            break
+        for n in clash:
+            depth[n] += 1
+    return {n: labels.get(n) or current[n] for n in names}
+
+
+def file_stem(label: str) -> str:
+    """A short name as a file name: ``parent/base`` -> ``parent_base``."""
+    return label.replace("/", "_").replace("\\", "_")
+
+
+SCORE_INDEX = "sets.json"  # scores/sets.json: {set as given (a name or a folder path): its .npy file}
+
+
+def _read_index(scores_dir: Path) -> dict[str, str]:
+    try:
+        index = json.loads((scores_dir / SCORE_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def score_files(out_dir: str | os.PathLike, names) -> dict[str, str]:
+    """The .npy file of each set's scores in ``out_dir/scores``: the one recorded in its
+    ``sets.json``, else ``<short name>.npy`` (``short_names``), distinct from the files of the sets
+    recorded there (a folder scored later into the same run keeps its own file). Folders of runs
+    written before the index: ``<set>.npy`` with ``/`` and ``\\`` as ``_``."""
+    scores_dir = Path(out_dir) / "scores"
+    index = _read_index(scores_dir)
+    out = {n: index[n] for n in names if n in index}
+    new = [n for n in names if n not in index]
+    legacy = {n: file_stem(n) + ".npy" for n in new if _is_path(n)}
+    out.update({n: f for n, f in legacy.items() if (scores_dir / f).is_file() and not index})
+    taken = {Path(f).stem for f in index.values()}
+    labels = short_names([n for n in names if n not in out], taken)
+    out.update({n: file_stem(label) + ".npy" for n, label in labels.items()})
+    return {n: out[n] for n in names}
+
+
+def save_scores(out_dir: str | os.PathLike, scores: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each set's scores as ``out_dir/scores/<short name>.npy`` (``score_files``), and the set of each
+    file in ``out_dir/scores/sets.json``; returns {set: file}."""
+    scores_dir = Path(out_dir) / "scores"
+    files = score_files(out_dir, list(scores))
     for name, values in scores.items():
-        file_name = name.replace("/", "_").replace("\\", "_") + ".npy"
-        atomic_save_npy(Path(out_dir) / "scores" / file_name, values)
+        atomic_save_npy(scores_dir / files[name], values)
+    atomic_write_json(scores_dir / SCORE_INDEX, {**_read_index(scores_dir), **files})
+    return files
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

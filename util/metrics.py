@@ -107,12 +107,13 @@ def average_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def format_table(per_set: dict[str, dict[str, float]], title: str = "", fpr_key: str = "FPR95") -> str:
-    """Per-set and AVG rows of FPR95 (``fpr_key``), AUROC, AUIN in percent with two decimals."""
-    width = max([len("AVG"), *(len(k) for k in per_set)]) + 2
+    """Per-set and AVG rows of FPR95 (``fpr_key``), AUROC, AUPR-IN (AUPR_IN) in percent with two
+    decimals, aligned for any set name and for 100.00."""
+    width = max([len("OOD set"), *(len(k) for k in per_set)]) + 2
     lines = []
     if title:
         lines.append(title)
-    lines.append(f"{'OOD set':<{width}}{'FPR95':>9}{'AUROC':>9}{'AUIN':>9}")
+    lines.append(f"{'OOD set':<{width}}{'FPR95':>9}{'AUROC':>9}{'AUPR-IN':>9}")
     rows = list(per_set.items()) + [("AVG", average_metrics(per_set))]
     for name, r in rows:
         lines.append(
@@ -129,3 +130,18 @@ METRIC_CONVENTIONS = {
     "AUPR_IN": "average precision, ID positive",
     "AUPR_OUT": "average precision, OOD positive, negated scores",
 }
+
+
+def metrics_from_scores(id_scores, ood_scores, higher_is: str = "id") -> dict[str, float]:
+    """The metrics of any two score arrays (another library's included), as fractions in [0, 1]:
+    FPR95 (ID positive), FPR95_OOD_POSITIVE (OpenOOD's), AUROC, AUPR_IN, AUPR_OUT.
+
+    ``higher_is``: ``"id"`` when a higher score means more in-distribution (this repository's
+    detectors, OpenOOD's ``conf``), ``"ood"`` when it means more out-of-distribution (pytorch-ood's
+    outlier scores); those are negated first, so the same detector gives the same numbers either way.
+    """
+    if higher_is not in ("id", "ood"):
+        raise ValueError(f"higher_is must be 'id' or 'ood', not {higher_is!r}")
+    sign = 1.0 if higher_is == "id" else -1.0
+    id_scores = sign * _as_scores(id_scores, "ID")
+    return ood_metrics(id_scores, sign * _as_scores(ood_scores, "OOD"), with_ood_positive=True)

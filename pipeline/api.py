@@ -1,0 +1,430 @@
+"""Evaluate detectors on your own model and loaders, in memory: the command line's evaluation as one
+call.
+
+    result = evaluate(model, ["line", "dice", "knn"], train_loader, test_loader,
+                      {"svhn": svhn_loader}, in_dataset="cifar10")
+    print(result)                 # the table ood_eval.py prints
+    result["line"].ood["svhn"]    # FPR95 (both conventions), AUROC, AUPR_IN, AUPR_OUT
+    result.scores["line"]["in"]   # per-image scores, higher = more in-distribution
+
+One forward pass per image: the training loader once (the statistics every detector's ``fit``
+names, ``detectors.from_loader.TrainingPass``), the ID test and OOD loaders once for all
+feature-level detectors; network-level detectors (ODIN, RankFeat) run the model on the images
+themselves. With ``cache_dir`` the features go through the feature cache (``util.features``), so a
+second call forwards nothing, for loaders whose images can be named (the repository's datasets,
+torchvision's ImageFolder/DatasetFolder, in loader order, unshuffled). The metrics, the table and
+``to_dict()`` are ``pipeline.report``'s, as ``ood_eval.py`` writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import SequentialSampler
+
+from detectors import registry
+from detectors.base import Detector, score_features
+from detectors.from_loader import (
+    LabelSource,
+    TrainingPass,
+    batch_parts,
+    batchnorm_statistics,
+    fit_loader,
+    loader_batches,
+    training_statistics,
+)
+from models.split import evaluating, features_and_logits, known_head, model_device
+from util.datasets import canonical_id_name
+from util.errors import UserError
+from util.features import CACHE_VERSION, FeatureCache
+from util.io import row_blocks
+
+from . import report
+
+NO_LABEL = -1  # stored in the feature cache for images whose batches hold no label
+
+
+@dataclass
+class Evaluation:
+    """The metrics and per-image scores of every detector; ``print`` gives ``ood_eval.py``'s table.
+
+    ``results`` {method: ``report.MethodResult``}: per OOD set (``.ood``) and on average
+    (``.average``) FPR95 (ID positive), FPR95_OOD_POSITIVE (OpenOOD's), AUROC, AUPR_IN, AUPR_OUT as
+    fractions; ``.id_accuracy`` (NaN when the ID loader gives no labels); ``.scores`` {set: (N,)},
+    ``in`` for the ID test set, higher = more in-distribution.
+    """
+
+    in_dataset: str
+    name: str
+    ood_names: list[str]
+    results: dict[str, report.MethodResult] = field(default_factory=dict)
+    fpr_convention: str = "id"
+
+    def __getitem__(self, method: str) -> report.MethodResult:
+        return self.results[method]
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def table(self, fpr_convention: str | None = None) -> str:
+        """One method: ``report.single_table``; several: ``report.methods_table``."""
+        convention = fpr_convention or self.fpr_convention
+        results = list(self.results.values())
+        if len(results) == 1:
+            return report.single_table(
+                result=results[0], in_dataset=self.in_dataset, name=self.name, fpr_convention=convention
+            )
+        return report.methods_table(
+            results=results,
+            names=self.ood_names,
+            in_dataset=self.in_dataset,
+            name=self.name,
+            fpr_convention=convention,
+        )
+
+    @property
+    def scores(self) -> dict[str, dict[str, np.ndarray]]:
+        """{method: {set: per-image scores}}, ``in`` the ID test set; higher = more in-distribution."""
+        return {m: r.scores for m, r in self.results.items()}
+
+    def to_dict(self, scores: bool = False) -> dict:
+        """JSON-able: {method: results.json's content}, with the per-image scores as lists when asked."""
+        methods = {}
+        for method, r in self.results.items():
+            methods[method] = r.as_json()
+            if scores:
+                methods[method]["scores"] = {k: np.asarray(v).tolist() for k, v in r.scores.items()}
+        return {
+            "in_dataset": self.in_dataset,
+            "model": self.name,
+            "ood_sets": self.ood_names,
+            "methods": methods,
+        }
+
+    def add_scores(
+        self, method: str, id_scores, ood_scores: dict, higher_is: str = "id", id_accuracy: float = math.nan
+    ) -> report.MethodResult:
+        """A row for scores made elsewhere (another library's detector): ``ood_scores`` {set: scores}
+        for every OOD set of this evaluation; ``higher_is="ood"`` for higher-is-OOD scores
+        (pytorch-ood's), which are negated so that every row is higher-is-ID."""
+        if higher_is not in ("id", "ood"):
+            raise ValueError(f"higher_is must be 'id' or 'ood', not {higher_is!r}")
+        missing = [n for n in self.ood_names if n not in ood_scores]
+        if missing:
+            raise UserError(f"add_scores({method!r}): no scores of OOD set {', '.join(missing)}")
+        sign = 1.0 if higher_is == "id" else -1.0
+        scores = {
+            k: sign * np.asarray(v, dtype=np.float64).ravel()
+            for k, v in {"in": id_scores, **ood_scores}.items()
+        }
+        settings = {"detector": {"source": "given scores", "higher_is": higher_is}, "method": method}
+        self.results[method] = report.method_result(method, scores, id_accuracy, self.ood_names, settings)
+        return self.results[method]
+
+
+def evaluate(
+    model: nn.Module,
+    detectors,
+    train_loader,
+    id_loader,
+    ood_loaders: dict,
+    *,
+    in_dataset: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    head: str | None = None,
+    input_std=None,
+    name: str | None = None,
+    fpr_convention: str = "id",
+) -> Evaluation:
+    """Fit every detector on ``train_loader`` and score ``id_loader`` and each of ``ood_loaders``
+    ({set name: loader}) with ``model`` (left as it was); returns an ``Evaluation``.
+
+    ``detectors``: names (one or a list; ``registry`` names such as ``line``, ``dice``,
+    ``ash_s``) with the papers' settings for ``in_dataset``'s preset (``cifar10``, ``CIFAR-100``,
+    ``imagenet``, ...; none: each detector's own defaults), or configured ``Detector`` objects.
+    ``head``: the name of the model's output Linear where it is not found by itself
+    (``models.split``); ``input_std``: ODIN's per-channel std (default: the loaders' Normalize);
+    ``name``: the model's name in the table (default: its class name).
+    """
+    if fpr_convention not in ("id", "ood"):
+        raise ValueError(f"fpr_convention must be 'id' or 'ood', not {fpr_convention!r}")
+    runs = build_detectors(detectors, in_dataset)
+    label = (canonical_id_name(in_dataset) or in_dataset) if in_dataset else "ID data"
+    name = name or type(model).__name__
+    ood_names = list(ood_loaders)
+    if not ood_names:
+        raise UserError("ood_loaders is empty: give at least one {name: loader} of OOD images")
+    loaders = {"in": id_loader, **ood_loaders}
+    cache = FeatureCache(cache_dir, model_key(model, head)) if cache_dir is not None else None
+    by_features = [d for d in runs if d.kind != "network"]
+    if by_features:
+        needs = tuple(dict.fromkeys(n for d in by_features for n in d.needs()))
+        fc, stats, sets = _features(model, needs, train_loader, loaders, head, cache, f"{label}_{name}")
+    out = Evaluation(label, name, ood_names, fpr_convention=fpr_convention)
+    for detector in runs:
+        try:
+            if detector.kind == "network":
+                scores, preds, labels = _network_scores(detector, model, loaders, train_loader, input_std)
+            else:
+                detector.fit(fc, **{k: stats[k] for k in detector.needs()})
+                scores, preds = score_sets_of(detector, sets)
+                labels = sets["in"][2]
+        except ValueError as exc:  # a setting the data cannot take (k above the training images)
+            raise UserError(f"{detector.run_name()}: {exc}") from None
+        out.results[detector.run_name()] = _result(detector, scores, preds, labels, ood_names, label, name)
+    return out
+
+
+def _features(model, needs, train_loader, loaders: dict, head, cache, prefix: str):
+    """(the head, the training statistics ``needs`` names, (features, logits, labels) of each
+    test loader): every image forwarded once (or read from the cache)."""
+    fc, stats = _training(model, train_loader, needs, head, cache, prefix)
+    sets = {k: _set_features(model, loader, k, head, cache, f"{prefix}_{k}") for k, loader in loaders.items()}
+    if fc is None:
+        fc = _head(model, loaders["in"], head, sets["in"][0].shape[1], sets["in"][1].shape[1])
+    if "batchnorm" in needs and "batchnorm" not in stats:
+        stats["batchnorm"] = batchnorm_statistics(model, fc.in_features)
+    if sets["in"][2] is None:
+        print("ID test loader: the batches hold no labels, so the table's ID accuracy is nan")
+    return fc, stats, sets
+
+
+def build_detectors(detectors, in_dataset: str | None) -> list[Detector]:
+    """Detector objects of names (``registry.build`` with ``in_dataset``'s preset, or each class's
+    own defaults without one, said once) and of configured detectors, each run name once."""
+    items = [detectors] if isinstance(detectors, (str, Detector)) else list(detectors)
+    out = []
+    for item in items:
+        if isinstance(item, Detector):
+            out.append(item)
+        elif isinstance(item, str) and in_dataset:
+            out.append(registry.build(item, in_dataset))
+        elif isinstance(item, str):
+            cls, fixed = registry.lookup(item)
+            detector = cls(**fixed)
+            detector.check_params()
+            out.append(detector)
+        else:
+            raise UserError(f"a detector is a method name or a Detector object, not {type(item).__name__}")
+    if any(isinstance(i, str) for i in items) and not in_dataset:
+        print(
+            "detectors by name: each detector's own defaults (in_dataset='cifar10', 'imagenet', ... "
+            "for the papers' settings)"
+        )
+    names = [d.run_name() for d in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"detector {', '.join(twice)} given twice: configure each run once (its table row)")
+    if not out:
+        raise UserError("no detector given: name one (e.g. 'line') or pass a Detector")
+    return out
+
+
+def model_key(model: nn.Module, head: str | None) -> dict:
+    """What identifies ``model`` in the feature cache: its class, the sha256 of its state_dict
+    (names, dtypes, shapes and bytes) and the head named."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}\t{t.dtype}\t{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    cls = type(model)
+    return {
+        "arch": f"python:{cls.__module__}.{cls.__qualname__}",
+        "checkpoint_sha256": digest.hexdigest(),
+        "head": head,
+    }
+
+
+class LoaderImages:
+    """A loader's images as the feature cache keys them: which images in which order
+    (``fingerprint``), and the transform. ``cacheable`` says why not when they cannot be named."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.dataset = getattr(loader, "dataset", None)
+        self.transform = getattr(self.dataset, "transform", None)
+        self.target_transform = getattr(self.dataset, "target_transform", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def problem(self) -> str | None:
+        """None when the images can be cached, else why not."""
+        if self.dataset is None or not hasattr(self.dataset, "__len__"):
+            return "it is not a DataLoader over a dataset of known length"
+        if not isinstance(getattr(self.loader, "sampler", None), SequentialSampler):
+            return "it shuffles or samples (the cache holds the dataset in order)"
+        if getattr(self.loader, "drop_last", False) and len(self.dataset) % (self.loader.batch_size or 1):
+            return "it drops its last batch"
+        if not hasattr(self.dataset, "fingerprint") and not hasattr(self.dataset, "samples"):
+            return f"its {type(self.dataset).__name__} names no files (an ImageFolder or DatasetFolder does)"
+        return None
+
+    def fingerprint(self) -> dict:
+        if hasattr(self.dataset, "fingerprint"):
+            return self.dataset.fingerprint()
+        digest = hashlib.sha256()
+        for path, target in self.dataset.samples:
+            stat = Path(path).stat()
+            digest.update(f"{Path(path).resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\t{target}\n".encode())
+        return {
+            "kind": "samples",
+            "class": type(self.dataset).__name__,
+            "n": len(self.dataset.samples),
+            "files_sha256": digest.hexdigest(),
+            "target_transform": repr(self.target_transform),
+        }
+
+
+def _training(model, loader, needs, head, cache, prefix: str) -> tuple[nn.Linear | None, dict]:
+    """(the head or None, the statistics ``needs`` names) from the training loader: streamed in one
+    pass, or through the feature cache."""
+    if not set(needs) - {"batchnorm"}:
+        fc = known_head(model, head)
+        return fc, (TrainingPass(fc, needs).result(model) if fc is not None and needs else {})
+    if loader is None:
+        raise UserError(f"the detectors fit on {', '.join(needs)} of the training images: give train_loader")
+    images = LoaderImages(loader)
+    if cache is None or images.problem() is not None:
+        _say_uncached(cache, images, "training loader")
+        fc, stats = training_statistics(model, loader, needs, head)
+        print(f"training loader: statistics ({', '.join(needs)}) from one pass")
+        return fc, stats
+    features, logits, labels = _cached(
+        model, loader, images, head, cache, f"{prefix}_train", "training loader"
+    )
+    fc = _head(model, loader, head, features.shape[1], logits.shape[1])
+    accumulator, source = TrainingPass(fc, needs), LabelSource("training loader")
+    for start, block in zip(range(0, len(features), 8192), row_blocks(features, 8192)):
+        y, z = labels[start : start + len(block)], logits[start : start + len(block)]
+        given = None if (y == NO_LABEL).any() else torch.from_numpy(np.asarray(y))
+        accumulator.add(torch.from_numpy(np.array(block)), source(given, torch.from_numpy(np.array(z))))
+    return fc, accumulator.result(model)
+
+
+def _say_uncached(cache, images: LoaderImages, what: str) -> None:
+    if cache is not None:
+        print(f"{what}: not cached, {images.problem()}; features computed in memory")
+
+
+def _set_features(
+    model, loader, key: str, head, cache, tag: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(features (N, D), logits (N, C), labels (N,) or None) of one test loader: one forward pass,
+    or the feature cache's entry."""
+    what = "ID test loader" if key == "in" else f"OOD loader {key}"
+    images = LoaderImages(loader)
+    if cache is not None and images.problem() is None:
+        features, logits, labels = _cached(model, loader, images, head, cache, tag, what)
+        return features, logits, (None if (labels == NO_LABEL).any() else np.asarray(labels))
+    _say_uncached(cache, images, what)
+    h, z, y = [], [], []
+    for hb, zb, yb, _ in loader_batches(model, loader, head):
+        h.append(hb.numpy())
+        z.append(zb.numpy())
+        y.append(None if yb is None else yb.numpy())
+    if not h:
+        raise UserError(f"the {what} gave no images")
+    print(f"{what}: {sum(len(b) for b in h)} images (forward pass)")
+    labels = None if any(b is None for b in y) else np.concatenate(y).astype(np.int64)
+    return np.concatenate(h), np.concatenate(z), labels
+
+
+def _cached(model, loader, images: LoaderImages, head, cache: FeatureCache, tag: str, what: str):
+    """(features, logits, labels) of a loader from its cache entry, filled by one pass when absent."""
+    problem = cache.problem(images, tag)
+    if problem is None:
+        fs = cache.load(images, tag)
+        print(f"{what}: {len(fs)} images, features from the cache {fs.path}")
+        return fs.features, fs.logits, fs.labels
+    cache.discard(images, tag, problem)
+    entry = cache.entry(images, tag)
+    shutil.rmtree(
+        entry.with_name(entry.name + ".partial"), ignore_errors=True
+    )  # no resuming: a loader restarts
+    partial, start = None, 0
+    for h, z, y, fc in loader_batches(model, loader, head):
+        if partial is None:
+            partial = cache.open_partial(images, tag, fc.in_features, fc.out_features)
+        y = np.full(len(h), NO_LABEL, np.int64) if y is None else y.numpy()
+        partial.write(start, h.numpy(), z.numpy(), y)
+        start += len(h)
+    if partial is None or start != len(images):
+        raise UserError(f"the {what} gave {start} images of its dataset's {len(images)}")
+    partial.finalise()
+    fs = cache.load(images, tag)
+    print(f"{what}: {len(fs)} images (forward pass, now cached in {fs.path}, cache version {CACHE_VERSION})")
+    return fs.features, fs.logits, fs.labels
+
+
+def _head(model, loader, head, dim: int, classes: int) -> nn.Linear:
+    """The model's output Linear for cached features (D = ``dim``, C = ``classes``): named or
+    ``get_classifier()``, else the one Linear of that shape, else found by running one image."""
+    fc = known_head(model, head)
+    if fc is not None:
+        return fc
+    shaped = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (dim, classes)
+    ]
+    if len(shaped) == 1:
+        return shaped[0]
+    with evaluating(model):
+        for batch in loader:
+            x, _ = batch_parts(batch)
+            return features_and_logits(model, x[:1].to(model_device(model)), head)[2]
+    raise UserError("the loader gave no batch: the model's output layer cannot be found")
+
+
+def score_sets_of(detector: Detector, sets: dict) -> tuple[dict, dict]:
+    """(scores, predicted classes) per set by ``score_features``, as ``ood_eval.py`` scores them."""
+    scored = {k: score_features(detector, features) for k, (features, _, _) in sets.items()}
+    return {k: s for k, (s, _) in scored.items()}, {k: p for k, (_, p) in scored.items()}
+
+
+def _network_scores(
+    detector, model, loaders: dict, train_loader, input_std
+) -> tuple[dict, dict, np.ndarray | None]:
+    """(scores, predictions, ID labels or None) of a network-level detector, batch by batch."""
+    fit_loader(
+        detector, model, train_loader if train_loader is not None else loaders["in"], input_std=input_std
+    )
+    scores, preds, labels = {}, {}, None
+    device = model_device(model)
+    for key, loader in loaders.items():
+        s, p, y = [], [], []
+        with evaluating(model):
+            for batch in loader:
+                x, yb = batch_parts(batch)
+                sb, zb = detector.score_images(x.to(device))
+                s.append(sb.double().cpu().numpy())
+                p.append(zb.argmax(1).cpu().numpy())
+                y.append(None if yb is None else yb.numpy())
+        scores[key], preds[key] = np.concatenate(s), np.concatenate(p)
+        if key == "in" and not any(b is None for b in y):
+            labels = np.concatenate(y)
+    return scores, preds, labels
+
+
+def _result(detector, scores, preds, labels, ood_names, label, name) -> report.MethodResult:
+    """The ``MethodResult`` of one detector: metrics per set and on average, ID accuracy."""
+    report.check_scores(scores)
+    accuracy = math.nan if labels is None else float(np.mean(preds["in"] == labels))
+    settings = {
+        "method": detector.run_name(),
+        "detector": {**detector.get_params(), **detector.fitted_values()},
+        "in_dataset": label,
+        "model": name,
+        "num_images": {k: len(v) for k, v in scores.items()},
+    }
+    return report.method_result(detector.run_name(), scores, accuracy, ood_names, settings)
