@@ -24,7 +24,7 @@ import sys
 
 from detectors import registry
 from pipeline.config import EvalConfig
-from pipeline.evaluate import evaluate
+from pipeline.evaluate import DetectorsFailed, evaluate
 from pipeline.flags import (
     add_detector_args,
     add_evaluation_args,
@@ -105,7 +105,11 @@ def main(argv=None) -> None:
     if args.show_ood_sets:
         show_ood_sets(config)
         return
-    evaluate(config)
+    try:
+        evaluate(config)
+    except DetectorsFailed as exc:  # the others' results are written; the command still fails
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ class Detector:
         if self.needs_each_class and num_train is not None and num_train < num_classes:
             return [
                 f"{self.name} needs a training image of each of the {num_classes} classes, but only "
-                f"{num_train} training images are used; raise --max-samples (or add training images)"
+                f"{num_train} training images are used; use more training images"
             ]
         return []
 

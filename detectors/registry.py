@@ -108,15 +108,15 @@ def resolve(name: str) -> tuple[type[Detector], str]:
     valid = method_names() + list(aliases())
     close = closest_name(name, valid)
     if close:  # the likely one, not the whole list
-        raise UserError(f"unknown method {name!r}; did you mean {close!r}? (every method: ood_eval.py --help or registry.method_names())")
+        raise UserError(f"unknown method {name!r}; did you mean {close!r}? (every method: method_names())")
     raise UserError(f"unknown method {name!r}: choose from {', '.join(valid)}")
 
 
-def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> Detector:
+def build(name: str, in_dataset: str | None, given: dict[str, Any] | None = None) -> Detector:
     """The detector ``name`` for ``in_dataset`` (a dataset name in any spelling its spec lists, or
-    an image folder; ``util.datasets.preset_of``): its own defaults, then the papers' setting of the
-    dataset's preset, then what the name fixes (``ash_s``, ``line_ac_wp``), then ``given`` values;
-    ``check_params`` raises ValueError on a value the detector cannot take."""
+    an image folder; ``util.datasets.preset_of``; None: no dataset): its own defaults, then the
+    papers' setting of the dataset's preset, then what the name fixes (``ash_s``, ``line_ac_wp``),
+    then ``given`` values; ``check_params`` raises ValueError on a value the detector cannot take."""
     cls, variant = resolve(name)
     fixed = cls.variants()[variant]
     accepted = set(init_params(cls))
@@ -126,7 +126,8 @@ def build(name: str, in_dataset: str, given: dict[str, Any] | None = None) -> De
         raise UserError(
             f"{name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
         )
-    detector = cls(**{**cls.defaults_for(preset_of(in_dataset), variant), **fixed, **given})
+    preset = None if in_dataset is None else preset_of(in_dataset)
+    detector = cls(**{**cls.defaults_for(preset, variant), **fixed, **given})
     detector.check_params()  # a bad value fails here, before any data is read
     return detector
 

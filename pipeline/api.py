@@ -205,13 +205,8 @@ def build_detectors(detectors, in_dataset: str | None) -> list[Detector]:
     for item in items:
         if isinstance(item, Detector):
             out.append(item)
-        elif isinstance(item, str) and in_dataset:
+        elif isinstance(item, str):  # without in_dataset: the detector's own defaults
             out.append(registry.build(item, in_dataset))
-        elif isinstance(item, str):
-            cls, fixed = registry.lookup(item)
-            detector = cls(**fixed)
-            detector.check_params()
-            out.append(detector)
         else:
             raise UserError(f"a detector is a method name or a Detector object, not {type(item).__name__}")
     if any(isinstance(i, str) for i in items) and not in_dataset:
@@ -307,7 +302,9 @@ def _training(model, loader, needs, head, cache, prefix: str) -> tuple[nn.Linear
     for start, block in zip(range(0, len(features), 8192), row_blocks(features, 8192)):
         y, z = labels[start : start + len(block)], logits[start : start + len(block)]
         given = None if (y == NO_LABEL).any() else torch.from_numpy(np.asarray(y))
-        accumulator.add(torch.from_numpy(np.array(block)), source(given, torch.from_numpy(np.array(z))))
+        if accumulator.needs_labels:  # the predictions stand in only where a statistic needs labels
+            given = source(given, torch.from_numpy(np.array(z)))
+        accumulator.add(torch.from_numpy(np.array(block)), given)
     return fc, accumulator.result(model)
 
 

@@ -1,7 +1,10 @@
 """The one evaluation path: a list of one or more detectors, one feature extraction.
 
-1. Every statistics file the detectors need is loaded and checked first, so a missing or
-   mismatched file fails before any forward pass.
+1. Before any forward pass, each detector's settings are checked against the sizes known then
+   (``Detector.check_sizes``: D, C, the training images) and every statistics file it needs is
+   loaded and checked. A lone ``--method`` stops there with the message; with ``--methods`` a
+   detector that cannot run is said, left out and given a row in the table, the others go on,
+   and ``ood_eval.py`` exits 1 at the end (``DetectorsFailed``); so does a fit or score failing.
 2. The training set is extracted (or read from the cache) when a detector fits on its features,
    then the ID test set and every OOD set: one forward pass per image, ever. Under torchrun every
    process forwards its share and rank 0 alone goes on.
@@ -103,13 +106,17 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
     return results
 
 
-class DetectorsFailed(SystemExit):
+class DetectorsFailed(Exception):
     """Raised by ``evaluate`` after everything else was fitted, scored, written and printed, when
-    some detectors of ``--methods`` failed: exit status 1. ``results``: the others' results;
-    ``failures``: method -> one-line reason."""
+    some detectors of ``--methods`` failed (``ood_eval.py`` exits with status 1). ``results``: the
+    others' results; ``failures``: method -> one-line reason."""
 
     def __init__(self, results: list, failures: dict[str, str]):
-        super().__init__(1)
+        done = len(results)
+        super().__init__(
+            f"{len(failures)} method(s) failed: {', '.join(failures)} (why: their rows in the table); "
+            f"the results of the other {done} are written"
+        )
         self.results, self.failures = results, failures
 
 
@@ -174,7 +181,8 @@ def _check_first(config: EvalConfig, session) -> dict[str, str]:
         raise UserError("\n".join(errors.values()))
     reasons = {method: message.removeprefix(f"{method}: ") for method, message in errors.items()}
     for method, reason in reasons.items():
-        print(f"{method} cannot run: {reason} (the other methods go on)")
+        if distributed.is_main():
+            print(f"{method} cannot run: {reason} (the other methods go on)")
     return {method: reason.splitlines()[0] for method, reason in reasons.items()}
 
 
@@ -187,7 +195,8 @@ def _size_problems(config: EvalConfig, session) -> dict[str, str]:
         num_train = len(session.train_dataset()) if "train_features" in detector.needs() else None
         problems = detector.check_sizes(fc.in_features, fc.out_features, num_train)
         if problems:
-            out[run.method] = f"{run.method}: " + "; ".join(problems)
+            subset = f" (--max-samples {config.max_samples} limits the training images)"
+            out[run.method] = f"{run.method}: " + "; ".join(problems) + (subset if config.max_samples else "")
     return out
 
 

@@ -21,6 +21,7 @@ from util import distributed
 
 from . import setup
 from .config import RunConfig
+from .flags import shown_flag
 
 MUCH = 2.0  # crop / trained crop (or its inverse) from which the input "differs much"
 
@@ -121,7 +122,9 @@ def value_sources(config: RunConfig, detector: Detector, given: dict | None = No
     for param in (p for p in detector.params if p.name not in detector.inert_params()):
         value = getattr(detector, param.name)
         if given is not None and param.name in given:
-            where = param.flags[0]
+            flag = shown_flag(detector.name, param)  # the spelling of the original code where it has one
+            unset = fixed.get(param.name, preset.get(param.name, signature[param.name].default))
+            where = f"{flag}, also the value without it" if value == unset else flag
         elif param.name in fixed and value == fixed[param.name]:
             where = f"the method name {variant}"
         elif param.name in preset and value == preset[param.name]:

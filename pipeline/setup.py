@@ -169,9 +169,9 @@ def trained_input(config: RunConfig, model_key: dict, checkpoint) -> tuple[Input
     weights = known_weights(config, model_key)
     if weights is not None:
         return weights.input, f"the weights spec of {weights.source}"
-    if checkpoint is None and preferred_input_source(config.model_arch) is not None:
-        return preferred_input(config.model_arch), preferred_input_source(config.model_arch)
-    return None
+    source = preferred_input_source(config.model_arch) if checkpoint is None else None
+    spec = preferred_input(config.model_arch) if source is not None else None
+    return (spec, source) if spec is not None else None
 
 
 def transform(config: RunConfig):

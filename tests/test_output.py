@@ -121,6 +121,15 @@ def test_a_folder_goes_by_its_base_name_and_two_with_one_base_name_stay_apart():
     }
 
 
+def test_one_folder_given_twice_or_a_folder_named_like_a_set_at_the_root_is_refused():
+    from util.errors import UserError
+
+    with pytest.raises(UserError, match="would both be called 'tmp/myood': give each once"):
+        short_names(["/tmp/myood", "/tmp/myood/"])
+    with pytest.raises(UserError, match="would both be called 'dtd'"):
+        short_names(["/dtd", "dtd"])
+
+
 def test_results_json_keys_a_folder_by_its_base_name_and_keeps_its_full_path():
     r = result("msp", ["dtd", "/tmp/x/myood"], SOME)
     saved = r.as_json()

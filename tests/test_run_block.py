@@ -107,4 +107,6 @@ def test_each_detector_value_is_named_with_its_source(argv, line):
 def test_a_flag_equal_to_the_preset_is_named_as_the_flag_when_recorded():
     config = eval_config(["--in-dataset", "CIFAR-10", "--method", "dice"])
     detector = registry.build("dice", "CIFAR-10", {"p": 90.0})
-    assert detector_line(config, detector, {"p": 90.0}).startswith("dice: p 90 (--dice-p)")
+    assert detector_line(config, detector, {"p": 90.0}).startswith(
+        "dice: p 90 (--p, also the value without it)"
+    )

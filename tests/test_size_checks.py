@@ -52,7 +52,8 @@ def test_vim_and_neco_dimensions_are_checked_against_d():
 @pytest.mark.parametrize("cls", [Mahalanobis, RelativeMahalanobis, SHE])
 def test_class_statistics_need_a_training_image_per_class(cls):
     (problem,) = cls().check_sizes(342, 100, 50)
-    assert "each of the 100 classes" in problem and "--max-samples" in problem
+    assert "each of the 100 classes" in problem and "use more training images" in problem
+    assert "--" not in problem  # a detector names no command-line flag of the pipeline
     assert cls().check_sizes(342, 100, 100) == []
 
 
@@ -110,3 +111,16 @@ def test_a_sweep_leaves_out_the_grid_settings_the_training_images_cannot_take(ca
     assert "knn {'k': 50} left out of the sweep: --knn-k 50 exceeds the 30" in capsys.readouterr().out
     with pytest.raises(UserError, match="no setting of the grid can run here"):
         _settings_the_sizes_take(config, KNN(fraction=1.0), [{"k": 50}], session)
+
+
+def test_the_pipeline_names_max_samples_when_it_limits_the_training_images():
+    from types import SimpleNamespace
+
+    from pipeline.config import DetectorRun
+    from pipeline.evaluate import _size_problems
+
+    session = SimpleNamespace(fc=torch.nn.Linear(342, 100), train_dataset=lambda: list(range(50)))
+    config = SimpleNamespace(detectors=[DetectorRun("mahalanobis", Mahalanobis())], max_samples=50)
+    (problem,) = _size_problems(config, session).values()
+    assert problem.startswith("mahalanobis: mahalanobis needs a training image of each of the 100 classes")
+    assert problem.endswith("(--max-samples 50 limits the training images)")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from util.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -97,7 +99,15 @@ def short_names(names, taken=()) -> dict[str, str]:
             break
         for n in clash:
             depth[n] += 1
-    return {n: labels.get(n) or current[n] for n in names}
+    out = {n: labels.get(n) or current[n] for n in names}
+    seen: dict[str, str] = {}
+    for name, label in out.items():
+        if label in seen:  # the same folder twice (/x/myood and /x/myood/), or a folder named like a set
+            raise UserError(
+                f"OOD sets {seen[label]!r} and {name!r} would both be called {label!r}: give each once"
+            )
+        seen[label] = name
+    return out
 
 
 def file_stem(label: str) -> str:
