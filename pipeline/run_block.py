@@ -14,10 +14,14 @@ will run and where each choice came from.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from PIL import Image
 from torch import nn
 
 from detectors.base import Detector, init_signature, shown_value
 from util import distributed
+from util.data import IMG_EXTENSIONS
 
 from . import setup
 from .config import RunConfig
@@ -86,6 +90,7 @@ def input_lines(config: RunConfig, model_key: dict, checkpoint) -> list[str]:
         f"input: Resize {spec.resize}, CenterCrop {spec.crop}, mean {numbers(spec.mean)}, "
         f"std {numbers(spec.std)} ({origin})"
     ]
+    lines += _image_size_warning(config, spec.crop)
     trained = setup.trained_input(config, model_key, checkpoint)
     if trained is None:
         lines.append(
@@ -103,6 +108,35 @@ def input_lines(config: RunConfig, model_key: dict, checkpoint) -> list[str]:
     else:
         lines.append(f"  the weights were trained on {expected.crop}-px crops ({where})")
     return lines
+
+
+def _image_size_warning(config: RunConfig, crop: int) -> list[str]:
+    """A WARNING when an image folder's images are ``MUCH`` smaller than the crop they are scaled
+    up to (32-px images under ImageNet's Resize 256, CenterCrop 224): a model trained on such
+    images sees them at another scale. The first training image stands for the folder."""
+    if config.id_root is None:
+        return []
+    first = next(
+        (
+            f
+            for f in sorted((Path(config.id_root) / "train").rglob("*"))
+            if f.name.lower().endswith(IMG_EXTENSIONS)
+        ),
+        None,
+    )
+    if first is None:
+        return []
+    try:
+        with Image.open(first) as image:
+            side = min(image.size)
+    except OSError:
+        return []  # an unreadable file is reported where the images are read
+    if crop < MUCH * side:
+        return []
+    return [
+        f"WARNING: the images of {config.id_root} are {side}-px ({first.name}), scaled up to {crop}-px "
+        f"crops; if the model was trained on {side}-px images, pass --image-size {side} (and --mean, --std)"
+    ]
 
 
 def preset_label(config: RunConfig) -> str:

@@ -65,8 +65,24 @@ def test_a_cifar_network_on_224_px_crops_gets_a_warning(folder):
     config = RunConfig(in_dataset=str(folder / "pets"), model_arch="densenet", checkpoint="dice.pth")
     key = {"checkpoint_sha256": WEIGHTS["CIFAR-10", "densenet"].sha256, "num_classes": 10}
     lines = input_lines(config, key, "dice.pth")
-    assert lines[1].startswith("WARNING: 224-px crops, but the weights were trained on 32-px ones")
-    assert "the DICE code's DenseNet-101 for CIFAR-10" in lines[1] and "--image-size 32" in lines[1]
+    (warning,) = [line for line in lines if line.startswith("WARNING: 224-px crops")]
+    assert warning.startswith("WARNING: 224-px crops, but the weights were trained on 32-px ones")
+    assert "the DICE code's DenseNet-101 for CIFAR-10" in warning and "--image-size 32" in warning
+
+
+def test_small_images_of_a_folder_scaled_up_to_the_crop_get_a_warning(folder):
+    """The issue's case: 32-px images under ImageNet's Resize 256, CenterCrop 224."""
+    config = RunConfig(in_dataset=str(folder / "pets"), model_arch="torchvision:resnet18")
+    lines = input_lines(config, {"checkpoint_sha256": "0", "num_classes": 3}, str(folder / "my.pth"))
+    assert lines[1] == (
+        f"WARNING: the images of {folder / 'pets'} are 32-px (000.png), scaled up to 224-px crops; if the "
+        "model was trained on 32-px images, pass --image-size 32 (and --mean, --std)"
+    )
+    sized = RunConfig(in_dataset=str(folder / "pets"), model_arch="torchvision:resnet18", image_size=32)
+    assert not any(
+        line.startswith("WARNING")
+        for line in input_lines(sized, {"checkpoint_sha256": "0", "num_classes": 3}, "my.pth")
+    )
 
 
 def test_the_papers_own_input_gets_no_warning_and_names_the_dataset_spec():
