@@ -15,6 +15,8 @@ head receives (B, D) features, and says what to do when either fails.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -100,7 +102,8 @@ def adapt(model: nn.Module, image_size: int, head: str | None = None) -> nn.Modu
     of ``image_size``. A model's own ``forward_features`` is not relied on: in timm it is the
     feature map before pooling, not the head's input."""
     model = model.eval()
-    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     calls, expected = _linear_calls(model, probe)
     if head is None:
         if not calls:

@@ -73,7 +73,18 @@ class RouteLINe(nn.Module):
     its column and, per class and column, how many entries of that column of R_c are <= t_c. A
     class's masked weight is built only for the samples predicted as that class; no (C, C, D)
     tensor exists. t_c equals numpy.percentile(R_c, p_w) bit for bit.
+
+    ``forward`` has two exact paths (``batched``; None picks by the device of h): grouped, a
+    Python loop over the predicted classes present (the CPU default: each class's masked weight
+    is built once however many rows it gets), and batched, no loop over classes (the default on
+    a GPU): each row's cutoffs are gathered and compared with the column ranks, ``chunk_rows``
+    rows at a time, then one batched product. Both equal the per-sample formula to float32
+    rounding; the grouped path's logits are unchanged from before the batched one existed.
     """
+
+    # Bytes of per-row temporaries (a bool mask and a float masked weight, C*D each) the batched
+    # path may hold at once: 256 MiB, e.g. 25 rows at C = 1,000, D = 2,048.
+    batched_bytes = 256 * 2**20
 
     def __init__(
         self,
@@ -83,8 +94,10 @@ class RouteLINe(nn.Module):
         p_a: float,
         activation_pruning: bool = True,
         weight_pruning: bool = True,
+        batched: bool | None = None,
     ):
         super().__init__()
+        self.batched = batched
         self.p_w = _check_percentile("p_w", p_w)
         self.p_a = _check_percentile("p_a", p_a)
         self.activation_pruning = bool(activation_pruning)
@@ -124,6 +137,39 @@ class RouteLINe(nn.Module):
         return F.linear(h, self.weight, self.bias).argmax(dim=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """LINe logits of clipped features h (n, D): ``forward_batched`` when ``self.batched`` is
+        true, or is None and h is not on the CPU; else ``forward_grouped``."""
+        if not self.prunes:
+            return F.linear(h, self.weight, self.bias)
+        batched = h.device.type != "cpu" if self.batched is None else self.batched
+        return self.forward_batched(h) if batched else self.forward_grouped(h)
+
+    def chunk_rows(self) -> int:
+        """Rows the batched path takes at once: ``batched_bytes`` / (C*D * 5 bytes), at least 1."""
+        return max(1, self.batched_bytes // (self.weight.numel() * (self.weight.element_size() + 1)))
+
+    def forward_batched(self, h: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """No loop over classes: for row i with c^_i, keep W[k, j] iff rank[k, j] >= cut[c^_i, j]
+        (cut = C where AP drops j), all rows of a chunk at once, then one batched product.
+
+        ``chunk`` rows (default ``chunk_rows()``) build an (n, C, D) masked weight together; the
+        result does not depend on it. Autograd through h works (each chunk's masked weight is kept).
+        """
+        n_classes = self.weight.shape[0]
+        chunk = chunk or self.chunk_rows()
+        pred = self.predict(h.detach())
+        zero = torch.zeros((), dtype=self.weight.dtype, device=self.weight.device)
+        parts = []
+        for s in range(0, h.shape[0], chunk):
+            c = pred[s : s + chunk]
+            cut = torch.where(self.ap_mask[c], self.wp_cutoff[c], n_classes)  # (n, D)
+            masked = torch.where(self.wp_rank >= cut[:, None, :], self.weight, zero)  # (n, C, D)
+            parts.append(torch.bmm(masked, h[s : s + chunk, :, None]).squeeze(-1))
+        if not parts:
+            return h.new_empty(0, n_classes)
+        return torch.cat(parts) + self.bias
+
+    def forward_grouped(self, h: torch.Tensor) -> torch.Tensor:
         """Rows grouped by predicted class; each class's masked weight is built once per call.
 
         Without autograd one pair of (C, D) buffers is reused for every class; when h requires

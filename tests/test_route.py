@@ -1,5 +1,7 @@
 """DICE and LINe layers (models.route) and detectors against the plain references in reference.py."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,93 @@ def test_route_line_rejects_contributions_of_the_wrong_shape():
     fc, *_ = make_problem(C=10, D=40)
     with pytest.raises(ValueError, match="contributions have shape"):
         RouteLINe(fc, np.zeros((40, 10)), 90, 90)
+
+
+# LINe's batched path (issue 24): no loop over predicted classes; the default off the CPU.
+
+
+def line_problem_with_ties(C, D, N, seed):
+    """make_problem at another shape, with contributions rounded coarsely: many exact ties (a
+    class with no rows gets all-zero contributions). The bias gets distinct offsets below the
+    logits' 0.01 grid, so that no row's predicted class is a tie that float32 rounding decides."""
+    with warnings.catch_warnings():  # the mean over a class's zero rows is NaN, replaced below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fc, W, b, h, contrib, _ = make_problem(C=C, D=D, N=N, seed=seed)
+    with torch.no_grad():
+        fc.bias += torch.arange(C) * (0.005 / C)
+    b = fc.bias.detach().double().numpy()
+    return fc, W, b, h, np.nan_to_num(contrib).round(1)
+
+
+@pytest.mark.parametrize("C,D,N,seed", [(3, 5, 20, 0), (17, 33, 40, 1), (64, 50, 30, 2), (10, 40, 120, 3)])
+@pytest.mark.parametrize("p_w,p_a", [(90, 90), (10, 10), (50, 0)])
+def test_batched_line_equals_the_per_sample_reference(C, D, N, seed, p_w, p_a):
+    fc, W, b, h, contrib = line_problem_with_ties(C, D, N, seed)
+    route = RouteLINe(fc, contrib, p_w, p_a, batched=True)
+    got = route(torch.from_numpy(np.minimum(h, 1.0)).float()).double().numpy()
+    np.testing.assert_allclose(got, line_logits(h, W, b, contrib, p_w, p_a, 1.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_batched_line_does_not_depend_on_the_chunk_size(chunk):
+    fc, *_, h, contrib = line_problem_with_ties(C=20, D=30, N=100, seed=5)
+    route = RouteLINe(fc, contrib, 90, 90)
+    x = torch.from_numpy(h).float()
+    whole = route.forward_batched(x, chunk=len(x))
+    torch.testing.assert_close(route.forward_batched(x, chunk=chunk), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_batched_line_chunk_follows_the_memory_budget():
+    fc, *_, contrib = line_problem_with_ties(C=20, D=30, N=10, seed=5)
+    route = RouteLINe(fc, contrib, 90, 90)
+    route.batched_bytes = 20 * 30 * 5 * 3  # three rows of a float mask and a bool mask
+    assert route.chunk_rows() == 3
+    route.batched_bytes = 1
+    assert route.chunk_rows() == 1
+
+
+def test_batched_line_builds_no_per_class_weight(monkeypatch):
+    fc, *_, h, contrib = line_problem_with_ties(C=10, D=40, N=50, seed=6)
+    route = RouteLINe(fc, contrib, 90, 90, batched=True)
+
+    def per_class(*args, **kwargs):
+        raise AssertionError("the batched path looped over classes")
+
+    monkeypatch.setattr(route, "masked_weight", per_class)
+    route(torch.from_numpy(h).float())
+
+
+def test_line_on_the_cpu_defaults_to_the_grouped_path_unchanged():
+    fc, *_, h, contrib = line_problem_with_ties(C=10, D=40, N=60, seed=7)
+    route = RouteLINe(fc, contrib, 90, 90)
+    x = torch.from_numpy(h).float()
+    assert route.batched is None
+    assert torch.equal(route(x), route.forward_grouped(x))
+
+
+def test_batched_line_gradients_equal_the_grouped_ones():
+    fc, *_, h, contrib = line_problem_with_ties(C=10, D=40, N=30, seed=8)
+    route = RouteLINe(fc, contrib, 90, 90)
+    grads = []
+    for forward in (route.forward_batched, route.forward_grouped):
+        x = torch.from_numpy(h).float().requires_grad_(True)
+        torch.logsumexp(forward(x), dim=1).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_batched_line_of_an_empty_batch_is_empty():
+    fc, *_, contrib = line_problem_with_ties(C=10, D=40, N=5, seed=9)
+    assert RouteLINe(fc, contrib, 90, 90).forward_batched(torch.zeros(0, 40)).shape == (0, 10)
+
+
+def test_sparsified_line_classifier_on_the_device_equals_the_reference(device):
+    fc, W, b, h, contrib = line_problem_with_ties(C=10, D=40, N=50, seed=10)
+
+    class Tiny(nn.Module):
+        def forward_features(self, x):
+            return x
+
+    model = SparsifiedClassifier(Tiny(), RouteLINe(fc, contrib, 90, 90), clip_threshold=1.0).to(device)
+    got = model(torch.from_numpy(h).float().to(device)).double().cpu().numpy()
+    np.testing.assert_allclose(got, line_logits(h, W, b, contrib, 90, 90, 1.0), rtol=1e-5, atol=1e-5)

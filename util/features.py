@@ -282,6 +282,9 @@ class FeatureExtractor:
             # Same command, same bits: no autotuned (run-dependent) convolution algorithms.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+            if self.precision == "fp32":  # fp32 means float32: no TF32 tensor-core rounding (cuDNN's default)
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
 
     def bytes_needed(self, dataset: Dataset, tag: str) -> int:
         return self.cache.bytes_needed(dataset, tag, self.fc.in_features, self.fc.out_features)
