@@ -39,9 +39,8 @@ Environment:
   EXTRA_FLAGS      flags for both scripts, as FLAGS (placed before FLAGS)
 
 Measured on a 2-core CPU without GPU (the development machine; CIFAR-10 only, no CIFAR-100 data):
-  bash demo-cifar.sh --quick   878 s in all, fresh cache, while other jobs loaded the 2 cores
-                               (load average about 10): precompute 172 s, LINe 635 s, DICE 14 s,
-                               Energy 13 s; at lighter load precompute took 17 s and LINe 92 s
+  bash demo-cifar.sh --quick   120 s in all from a fresh clone, idle machine (about 80 s of it
+                               setting up .venv): precompute 11 s, LINe 24 s, DICE 4 s, Energy 4 s
   bash demo-cifar.sh           1,047 s (precompute 590 s, LINe 444 s, DICE 7 s, Energy 6 s)
 EOF
 }
