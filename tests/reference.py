@@ -142,3 +142,18 @@ def random_images(folder, n: int, rng, size: int = 32) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def pets_folder(root, n_train: int, n_test: int, checkpoint: str = "r18.pth") -> None:
+    """An image-folder ID dataset ``root/pets/{train,test}/{a,b,c}`` (``n_train`` and ``n_test``
+    random 32-px images per class, seed 0) and a random 3-class torchvision ResNet-18 saved as
+    ``root/checkpoint`` (seed 0): the folder + own-network case of the run-level tests."""
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(0)
+    for c in "abc":
+        random_images(root / "pets" / "train" / c, n_train, rng)
+        random_images(root / "pets" / "test" / c, n_test, rng)
+    torch.manual_seed(0)
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict()}, root / checkpoint)

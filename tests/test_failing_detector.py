@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
-import torchvision
-from reference import random_images
+from reference import pets_folder
 
 import ood_eval
 import precompute
@@ -22,12 +19,7 @@ def run(tmp_path_factory):
     """An image folder (3 classes, 4 training and 2 test images each), a random 3-class ResNet-18,
     its statistics; then the six methods of the issue, KNN with ImageNet's k = 1000 on a 1% bank."""
     root = tmp_path_factory.mktemp("failing_detector")
-    rng = np.random.default_rng(0)
-    for c in "abc":
-        random_images(root / "pets" / "train" / c, 4, rng)
-        random_images(root / "pets" / "test" / c, 2, rng)
-    torch.manual_seed(0)
-    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict()}, root / "r18.pth")
+    pets_folder(root, 4, 2)
     flags = ["--in-dataset", str(root / "pets"), "--model-arch", "torchvision:resnet18"]
     flags += ["--checkpoint", str(root / "r18.pth"), "--image-size", "32", "--cache-dir", str(root / "cache")]
     flags += ["--workers", "0", "--no-progress"]

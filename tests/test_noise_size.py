@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
-from reference import eval_config, random_images
+from reference import eval_config, pets_folder
 
 import ood_eval
 from pipeline import setup
@@ -19,12 +18,7 @@ from util.features import FeatureCache
 def folder(tmp_path_factory):
     """pets/{train,test}/{a,b,c} (2 and 3 images per class: 9 test images), a random resnet18."""
     root = tmp_path_factory.mktemp("noise_size")
-    rng = np.random.default_rng(0)
-    for c in "abc":
-        random_images(root / "pets" / "train" / c, 2, rng)
-        random_images(root / "pets" / "test" / c, 3, rng)
-    torch.manual_seed(0)
-    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict()}, root / "r18.pth")
+    pets_folder(root, 2, 3)
     flags = ["--in-dataset", str(root / "pets"), "--model-arch", "torchvision:resnet18"]
     flags += ["--checkpoint", str(root / "r18.pth"), "--image-size", "32", "--cache-dir", str(root / "cache")]
     flags += ["--base-dir", str(root / "out"), "--workers", "0", "--no-progress"]

@@ -4,11 +4,8 @@ were trained with (a WARNING when the crops differ twofold), each detector's set
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
-import torchvision
-from reference import eval_config, random_images
+from reference import eval_config, pets_folder
 
 import ood_eval
 from detectors import registry
@@ -22,12 +19,7 @@ from util.errors import UserError
 def folder(tmp_path_factory):
     """pets/{train,test}/{a,b,c} (4 and 2 images per class) and a random 3-class resnet18 file."""
     root = tmp_path_factory.mktemp("run_block")
-    rng = np.random.default_rng(0)
-    for c in "abc":
-        random_images(root / "pets" / "train" / c, 4, rng)
-        random_images(root / "pets" / "test" / c, 2, rng)
-    torch.manual_seed(0)
-    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict()}, root / "my.pth")
+    pets_folder(root, 4, 2, "my.pth")
     return root
 
 

@@ -3,11 +3,9 @@ training images N), with messages naming the flag to change (Detector.check_size
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-import torchvision
-from reference import random_images
+from reference import pets_folder
 
 import ood_eval
 from detectors import registry
@@ -69,12 +67,7 @@ def test_every_detector_with_the_papers_settings_fits_the_papers_sizes(preset, d
 def folder(tmp_path_factory):
     """pets/{train,test}/{a,b,c} (4 and 2 images per class) and a random 3-class resnet18."""
     root = tmp_path_factory.mktemp("size_checks")
-    rng = np.random.default_rng(0)
-    for c in "abc":
-        random_images(root / "pets" / "train" / c, 4, rng)
-        random_images(root / "pets" / "test" / c, 2, rng)
-    torch.manual_seed(0)
-    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict()}, root / "r18.pth")
+    pets_folder(root, 4, 2)
     return root
 
 
