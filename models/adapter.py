@@ -81,19 +81,22 @@ def run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _resolve_head(model: nn.Module, head: str) -> tuple[str, nn.Linear]:
+def resolve_head(model: nn.Module, head: str, label: str | None = None) -> tuple[str, nn.Linear]:
+    """(the module name, the output nn.Linear) named ``head`` (a Sequential there: its last layer),
+    else a UserError; ``label`` names the setting in messages (default ``--head 'name'``)."""
+    label = label or f"--head {head!r}"
     try:
         module = model.get_submodule(head)
     except AttributeError:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise UserError(
-            f"--head {head!r}: the model has no submodule of that name; its nn.Linear layers: "
+            f"{label}: the model has no submodule of that name; its nn.Linear layers: "
             f"{', '.join(linears[-5:]) or 'none'}"
         ) from None
     if isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear):
         return f"{head}.{len(module) - 1}", module[-1]
     if not isinstance(module, nn.Linear):
-        raise UserError(f"--head {head!r} is a {type(module).__name__}, not an nn.Linear output layer")
+        raise UserError(f"{label} is a {type(module).__name__}, not an nn.Linear output layer")
     return head, module
 
 
@@ -112,7 +115,7 @@ def adapt(model: nn.Module, image_size: int, head: str | None = None) -> nn.Modu
                 "(e.g. SqueezeNet's convolutional classifier is not), or name one with --head"
             )
         head = {id(m): n for n, m in model.named_modules()}[id(calls[-1][0])]
-    head, fc = _resolve_head(model, head)
+    head, fc = resolve_head(model, head)
     shapes = [shape for module, shape in calls if module is fc]
     if not shapes or len(shapes[-1]) != 2:
         raise UserError(

@@ -24,7 +24,7 @@ from torch import nn
 
 from util.errors import UserError
 
-from .adapter import PROBE_TOLERANCE
+from .adapter import PROBE_TOLERANCE, resolve_head
 
 
 @contextmanager
@@ -46,20 +46,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def named_head(model: nn.Module, head: str) -> nn.Linear:
-    """The output Linear named ``head`` (a Sequential there: its last layer), else a UserError."""
-    try:
-        module = model.get_submodule(head)
-    except AttributeError:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise UserError(
-            f"head={head!r}: the model has no submodule of that name; its nn.Linear layers: "
-            f"{', '.join(linears[-5:]) or 'none'}"
-        ) from None
-    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear):
-        module = module[-1]
-    if not isinstance(module, nn.Linear):
-        raise UserError(f"head={head!r} is a {type(module).__name__}, not an nn.Linear output layer")
-    return module
+    """The output Linear named ``head`` (``adapter.resolve_head``), else a UserError."""
+    return resolve_head(model, head, label=f"head={head!r}")[1]
 
 
 def known_head(model: nn.Module, head: str | None = None) -> nn.Linear | None:
