@@ -52,11 +52,16 @@ def pytorch_ood_detectors(fc: torch.nn.Linear, z: torch.Tensor, y: torch.Tensor)
     def feats_of(f):
         return f.predict_features
 
+    with torch.enable_grad():  # TemperatureScaling fits T by L-BFGS
+        ts = pod.TemperatureScaling(None).fit_logits(fc(z).detach(), y)
     # (our method, our parameters, their scoring function, their name); VRA is left out: pytorch-ood's
     # VRA clips to two percentiles (no zeroing below alpha, no gamma), another function.
     return [
         ("maxlogit", {}, logits_of(pod.MaxLogit(None)), "MaxLogit"),
         ("gen", {}, logits_of(pod.GEN(None, gamma=0.1, M=100)), "GEN(gamma=0.1, M=100)"),
+        ("entropy", {}, logits_of(pod.Entropy(None)), "Entropy (p >= 1e-7)"),
+        # their T: 50 L-BFGS steps of lr 0.01 from T = 1, short of the NLL minimum; ours scored at it
+        ("temp_scaling", {"temperature": ts.t.item()}, logits_of(ts), f"TS(own fit, T={ts.t.item():.4f})"),
         ("kl_matching", {}, logits_of(pod.KLMatching(None).fit_logits(fc(z), y)), "KLMatching"),
         ("rmds", {}, feats_of(pod.RMD(None).fit_features(z, y)), "RMD"),
         ("she", {}, feats_of(pod.SHE(None, fc).fit_features(z, y)), "SHE"),
@@ -65,6 +70,16 @@ def pytorch_ood_detectors(fc: torch.nn.Linear, z: torch.Tensor, y: torch.Tensor)
         ("fdbd", {}, feats_of(pod.fDBD(None, fc).fit_features(z)), "fDBD"),
         ("nci", {}, feats_of(pod.NCI(None, fc, alpha=1e-4).fit_features(z)), "NCI(alpha=1e-4)"),
         ("lts", {}, feats_of(pod.LTS(None, fc, p=0.05)), "LTS(p=0.05)"),
+        ("gmm", {}, feats_of(pod.GMM(None).fit_features(z, y)), "GMM(reg=1e-6)"),
+        # OpenMax: theirs fits on all training images, tail 25, float32 logits; scored in 4096-row calls
+        # (theirs measures distances only to classes some row of the call predicts)
+        ("openmax", {"tailsize": 25, "correct_only": False},
+         logits_of(pod.OpenMax(None, tailsize=25).fit_logits(fc(z).detach(), y)),
+         "OpenMax(tail 25, all train)"),
+        # pNML: theirs pseudo-inverts X^T X in float32 (cutoff D eps32); our rtol set to it reproduces it
+        ("pnml", {}, feats_of(pod.PNML(None, fc).fit_features(z, y)), "PNML"),
+        ("pnml", {"rtol": z.shape[1] * float(torch.finfo(torch.float32).eps)},
+         feats_of(pod.PNML(None, fc).fit_features(z, y)), "PNML; ours rtol=D*eps32"),
     ]  # fmt: skip
 
 

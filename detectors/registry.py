@@ -21,26 +21,34 @@ from .bats import BATS
 from .cadref import CADRef, CARef
 from .dice import DICE
 from .energy import Energy
+from .entropy import Entropy
 from .fdbd import FDBD
 from .gen import GEN
+from .gmm import GMM
 from .gradnorm import GradNorm
 from .kl_matching import KLMatching
 from .knn import KNN
 from .line import LINe
 from .lts import LTS
 from .mahalanobis import Mahalanobis
+from .mahalanobis_pp import MahalanobisPP
 from .maxlogit import MaxLogit
 from .msp import MSP
 from .nci import NCI
 from .neco import NECO
 from .nnguide import NNGuide
 from .odin import ODIN
+from .openmax import OpenMax
 from .optfs import OptFS
+from .pnml import PNML
 from .rankfeat import RankFeat
 from .react import ReAct
+from .relation import Relation
+from .residual import Residual
 from .rmds import RelativeMahalanobis
 from .scale import SCALE
 from .she import SHE
+from .temp_scaling import TemperatureScaling
 from .vim import ViM
 from .vra import VRA
 from .weiper import WeiPer
@@ -48,9 +56,11 @@ from .weiper import WeiPer
 DETECTORS: tuple[type[Detector], ...] = (
     # logit-based
     MSP,
+    TemperatureScaling,
     MaxLogit,
     Energy,
     GEN,
+    Entropy,
     KLMatching,
     # feature-based: activation shaping and weight sparsification
     ReAct,
@@ -64,10 +74,16 @@ DETECTORS: tuple[type[Detector], ...] = (
     GradNorm,
     # feature-based: distances and subspaces
     Mahalanobis,
+    MahalanobisPP,
     RelativeMahalanobis,
+    GMM,
+    OpenMax,
     KNN,
     NNGuide,
+    Relation,
     ViM,
+    Residual,
+    PNML,
     SHE,
     NECO,
     FDBD,

@@ -45,7 +45,7 @@ class SHE(Detector):
                 correct_sums.index_add_(0, y[right], h[right].double())
                 correct_counts += torch.bincount(y[right], minlength=c).double()
         if (all_counts == 0).any():
-            missing = torch.flatnonzero(all_counts == 0).tolist()[:10]
+            missing = torch.nonzero(all_counts == 0).flatten().tolist()[:10]
             raise ValueError(f"SHE needs training features of every class; none of class {missing}")
         use_all = correct_counts == 0
         patterns = correct_sums / correct_counts.clamp(min=1)[:, None]

@@ -58,32 +58,40 @@ class ViM(Detector):
         return {"dim": tuple(sorted({max(1, feature_dim * k // 8) for k in (1, 2, 4, 6)}))}
 
     def fit(self, fc, train_features, chunk: int = 8192) -> ViM:
+        weight, bias = self.fit_residual_space(fc, train_features, chunk)
+        origin, residual_basis = self.origin_.numpy(), self.residual_basis_.numpy()
+        max_logit, residual = 0.0, 0.0
+        for block in row_blocks(train_features, chunk):
+            h = block.astype(np.float64)
+            max_logit += (h @ weight.T + bias).max(axis=1).sum()
+            residual += np.linalg.norm((h - origin) @ residual_basis, axis=1).sum()
+        self.alpha_ = float(max_logit / residual)
+        return self
+
+    def fit_residual_space(self, fc, train_features, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Sets ``fc_``, ``dim_``, ``origin_`` (u) and ``residual_basis_`` (R) from the training
+        features (ViM and ``residual`` share it); returns the head's (W, b) in float64."""
         super().fit(fc)
         weight = self.fc_.weight.detach().double().numpy()
         bias = self.fc_.bias.detach().double().numpy() if self.fc_.bias is not None else np.zeros(len(weight))
         d = weight.shape[1]
         dim = default_principal_dim(d) if self.dim is None else int(self.dim)
         if not 0 <= dim < d:
-            raise ValueError(f"ViM principal dimension must be in [0, {d - 1}] for D = {d}, got {dim}")
+            raise ValueError(
+                f"{self.name} principal dimension must be in [0, {d - 1}] for D = {d}, got {dim}"
+            )
         self.dim_ = dim
         origin = -np.linalg.pinv(weight) @ bias
-        features = train_features
-        n = len(features)
+        n = len(train_features)
         second = np.zeros((d, d))
-        for block in row_blocks(features, chunk):
+        for block in row_blocks(train_features, chunk):
             x = block.astype(np.float64) - origin
             second += x.T @ x
         eigvals, eigvecs = np.linalg.eigh(second / n)
         residual_basis = eigvecs[:, np.argsort(-eigvals)[dim:]]
-        max_logit, residual = 0.0, 0.0
-        for block in row_blocks(features, chunk):
-            h = block.astype(np.float64)
-            max_logit += (h @ weight.T + bias).max(axis=1).sum()
-            residual += np.linalg.norm((h - origin) @ residual_basis, axis=1).sum()
         self.origin_ = torch.from_numpy(origin)
         self.residual_basis_ = torch.from_numpy(np.ascontiguousarray(residual_basis))
-        self.alpha_ = float(max_logit / residual)
-        return self
+        return weight, bias
 
     def residual(self, h: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm((h.double() - self.origin_) @ self.residual_basis_, dim=1)

@@ -18,7 +18,7 @@ from util.errors import UserError
 C, D = 4, 12
 FEATURE_METHODS = [n for n in registry.method_names() if registry.lookup(n)[0].kind == "features"]
 # Neighbour counts that fit the 80 training features of the problem below.
-SMALL = {"knn": {"k": 3}, "nnguide": {"k": 3, "fraction": 0.5}}
+SMALL = {"knn": {"k": 3}, "nnguide": {"k": 3, "fraction": 0.5}, "temp_scaling": {"temperature": 1.5}}
 
 
 @pytest.fixture(scope="module")
