@@ -120,8 +120,9 @@ class GMM(Detector):
     def fit(self, fc, train_features, train_labels) -> GMM:
         super().fit(fc)
         d = train_features.shape[1]
-        if self.pca_dim is not None and self.pca_dim > d:
-            raise ValueError(f"gmm pca_dim = {self.pca_dim} exceeds the D = {d} feature dimensions")
+        problems = self.check_sizes(d, self.fc_.out_features, None)  # before any large allocation
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.pca_dim is None:
             self.center_, self.basis_ = None, None
         else:
@@ -141,7 +142,7 @@ class GMM(Detector):
     def factor(self, covariances: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_c^{-1} (C, d, d), log det Sigma_c (C,)) of Sigma_c + reg I = L_c L_c^T."""
         eye = np.eye(covariances.shape[1])
-        inverse, log_det = np.empty_like(covariances), np.empty(len(covariances))
+        inverse, log_det = covariances, np.empty(len(covariances))  # each factor replaces its covariance
         for c, cov in enumerate(covariances):
             try:
                 lower = np.linalg.cholesky(cov + float(self.reg) * eye)

@@ -155,7 +155,7 @@ class OpenMax(Detector):
         self.mavs_ = sums / torch.bincount(labels[used], minlength=len(sums)).double()[:, None]
         distances = torch.cat(
             [
-                self.distances(self.activations(block)).gather(1, labels[start : start + chunk, None])[:, 0]
+                self.own_distances(self.activations(block), labels[start : start + chunk])
                 for start, block in zip(range(0, len(labels), chunk), row_blocks(train_features, chunk))
             ]
         )
@@ -205,6 +205,14 @@ class OpenMax(Detector):
             return euclid
         cosine = 1 - (z @ self.mavs_.T) / (z.norm(dim=1, keepdim=True) * self.mavs_.norm(dim=1)[None, :])
         return w * euclid + (1 - w) * cosine
+
+    def own_distances(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B,): the ``distances`` of each row to its own class's MAV only (the fit's; C times fewer)."""
+        w, m = float(self.euclid_weight), self.mavs_[y]
+        euclid = (z - m).norm(dim=1)
+        if w == 1:
+            return euclid
+        return w * euclid + (1 - w) * (1 - (z * m).sum(dim=1) / (z.norm(dim=1) * m.norm(dim=1)))
 
     def unknown_probability(self, z: torch.Tensor) -> torch.Tensor:
         """P(unknown) of the OpenMax-recalibrated logits of activation vectors z (B, C)."""

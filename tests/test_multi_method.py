@@ -92,7 +92,12 @@ def test_unknown_method_names_are_refused_with_the_choices():
         parse_methods("energy,line_xx")
 
 
-SMALL_BANKS = {"knn": ["--knn-k", "3"], "nnguide": ["--nnguide-k", "3", "--nnguide-fraction", "0.5"]}
+SMALL_BANKS = {
+    "knn": ["--knn-k", "3"],
+    "nnguide": ["--nnguide-k", "3", "--nnguide-fraction", "0.5"],
+}
+# Methods this tiny set (16 training images, one or two per class) cannot fit, and why.
+CANNOT_FIT = {"openmax": "a Weibull fit per class needs two different distances"}
 
 
 def method_flags(name: str) -> list[str]:
@@ -103,7 +108,7 @@ def method_flags(name: str) -> list[str]:
 
 def test_method_x_and_methods_x_give_identical_scores_and_results_keys_for_every_method(run, capsys):
     root, _ = run
-    names = registry.method_names() + list(registry.aliases())
+    names = [n for n in registry.method_names() + list(registry.aliases()) if n not in CANNOT_FIT]
     together = root / "together"
     small = [flag for flags in SMALL_BANKS.values() for flag in flags]
     evaluate(run, capsys, "--methods", ",".join(names), *small, "--base-dir", str(together))

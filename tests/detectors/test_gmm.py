@@ -97,7 +97,7 @@ def test_gmm_needs_every_class_and_a_pca_dim_within_d(setup):
         ValueError, match=r"gmm needs training features of all 4 classes; none of class \[3\]"
     ):
         GMM().fit(s["fc"], s["train"], np.minimum(s["labels"], 2))
-    with pytest.raises(ValueError, match="pca_dim = 7 exceeds the D = 6"):
+    with pytest.raises(ValueError, match="pca-dim 7 exceeds the D = 6"):
         GMM(pca_dim=7).fit(s["fc"], s["train"], s["labels"])
     assert GMM(pca_dim=7).check_sizes(D, C, 400) == [
         "--gmm-pca-dim 7 exceeds the D = 6 feature dimensions; lower --gmm-pca-dim"
