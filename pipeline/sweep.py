@@ -192,13 +192,7 @@ def sweep(config: SweepConfig) -> dict:
     groups = setup.ood_groups(config, session.names)
     space = grid_of(config, session.fc.in_features)
     base = registry.build(config.method, config.dataset.preset)
-    settings = [dict(zip(space, values)) for values in itertools.product(*space.values())]
-    for setting in settings:  # a value the detector cannot take fails before any forward pass
-        try:
-            base.with_params(**setting).check_params()
-        except ValueError as exc:
-            raise UserError(f"{config.method} {setting}: {exc}") from None
-    settings = _settings_the_sizes_take(config, base, settings, session)
+    settings = _grid_settings(config, base, space, session)
     score, forward_note = _scorer(config, base, session)
     extracted = time.time()
     print(
@@ -277,6 +271,18 @@ def _validation_remedy(validation: Validation) -> str:
     if spec is not None and spec.path is None:
         return "pass --val-ood with a real OOD set (an image folder unlike the ID classes, not a test set)"
     return "a larger (--val-fraction, more --val-ood images) or harder validation OOD set may separate them"
+
+
+def _grid_settings(config: SweepConfig, base, space: dict, session) -> list[dict]:
+    """Every setting of the grid ``space``, checked before any forward pass: a value the detector
+    cannot take is an error; a setting the sizes cannot take is left out (said)."""
+    settings = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    for setting in settings:
+        try:
+            base.with_params(**setting).check_params()
+        except ValueError as exc:
+            raise UserError(f"{config.method} {setting}: {exc}") from None
+    return _settings_the_sizes_take(config, base, settings, session)
 
 
 def _settings_the_sizes_take(config: SweepConfig, base, settings: list[dict], session) -> list[dict]:
