@@ -357,6 +357,13 @@ class NetworkDetector(Detector):
         raise TypeError(f"{self.name} needs the images, not features: use score_images")
 
 
+def head_float64(fc) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (C, D), b (C,)) of a linear head in float64 (b = 0 without a bias)."""
+    weight = fc.weight.detach().double()
+    bias = fc.bias.detach().double() if fc.bias is not None else torch.zeros(len(weight), dtype=torch.float64)
+    return weight, bias
+
+
 def score_features(
     detector: Detector, features: np.ndarray, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

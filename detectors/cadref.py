@@ -36,7 +36,7 @@ import torch
 from util.argtypes import name_arg
 from util.io import row_blocks
 
-from .base import Detector
+from .base import Detector, head_float64
 
 EPS = 1e-12  # lower bound of ||h||_1: only an all-zero feature reaches it
 GEN_GAMMA = 0.1  # the official code's GEN gamma
@@ -63,13 +63,6 @@ def logit_score(z: torch.Tensor, kind: str) -> torch.Tensor:
 def float64_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """W h + b of a (B, D) batch in float64."""
     return h.double() @ weight.T + bias
-
-
-def head_float64(fc) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W (C, D), b (C,)) of a linear head in float64 (b = 0 without a bias)."""
-    weight = fc.weight.detach().double()
-    bias = fc.bias.detach().double() if fc.bias is not None else torch.zeros(len(weight), dtype=torch.float64)
-    return weight, bias
 
 
 def class_aware_means(fc, features, labels, scores=(), chunk: int = 8192):

@@ -31,7 +31,7 @@ import torch
 from util.argtypes import open_percentile_arg
 
 from .ash import sum_ratio, top_k_mask
-from .base import Detector
+from .base import Detector, head_float64
 
 
 def lts_factor(h: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -57,9 +57,7 @@ class LTS(Detector):
 
     def fit(self, fc) -> LTS:
         super().fit(fc)
-        self.weight_ = self.fc_.weight.detach().double()
-        bias = self.fc_.bias
-        self.bias_ = bias.detach().double() if bias is not None else torch.zeros(len(self.weight_))
+        self.weight_, self.bias_ = head_float64(self.fc_)
         return self
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ import torch
 
 from util.argtypes import nonnegative_float
 
-from .base import Detector
+from .base import Detector, head_float64
 from .statistics import mean_feature
 
 
@@ -65,13 +65,7 @@ class NCI(Detector):
             )
         mean = mean_feature(train_features)
         self.mean_ = torch.from_numpy(mean)
-        self.weight_ = self.fc_.weight.detach().double()
-        bias = self.fc_.bias
-        self.bias_ = (
-            bias.detach().double()
-            if bias is not None
-            else torch.zeros(len(self.weight_), dtype=torch.float64)
-        )
+        self.weight_, self.bias_ = head_float64(self.fc_)
         return self
 
     def score_batch(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ import torch
 from util.argtypes import parsed_number, positive_float
 from util.io import row_blocks
 
-from .base import Detector
+from .base import Detector, head_float64
 
 
 def unit_interval(text: str) -> float:
@@ -139,13 +139,7 @@ class OpenMax(Detector):
 
     def fit(self, fc, train_features, train_labels, chunk: int = 8192) -> OpenMax:
         super().fit(fc)
-        self.weight_ = self.fc_.weight.detach().double()
-        bias = self.fc_.bias
-        self.bias_ = (
-            bias.detach().double()
-            if bias is not None
-            else torch.zeros(len(self.weight_), dtype=torch.float64)
-        )
+        self.weight_, self.bias_ = head_float64(self.fc_)
         labels = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
         used = self.fitting_rows(train_features, labels, chunk)
         sums = torch.zeros(len(self.weight_), len(self.weight_), dtype=torch.float64)

@@ -38,7 +38,7 @@ from models.exact_percentile import array_percentile
 from util.argtypes import name_arg
 from util.io import row_blocks
 
-from .base import Detector
+from .base import Detector, head_float64
 
 LOWER_PERCENTILE = 0.1  # np.quantile(features, 1e-3) in the authors' code
 UPPER_PERCENTILE = 99.9
@@ -110,10 +110,7 @@ class OptFS(Detector):
         self.edges_ = edges_t
         self.theta_ = torch.from_numpy(np.concatenate([[0.0], THETA_NORM * mean / norm, [0.0]]))
         self.weight64_ = weight
-        bias = self.fc_.bias
-        self.bias64_ = (
-            bias.detach().double() if bias is not None else torch.zeros(len(weight), dtype=torch.float64)
-        )
+        self.bias64_ = head_float64(self.fc_)[1]
         return self
 
     def shape(self, h: torch.Tensor) -> torch.Tensor:

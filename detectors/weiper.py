@@ -38,7 +38,7 @@ import torch
 from util.argtypes import fraction_arg, nonnegative_float, nonnegative_int
 from util.io import row_blocks
 
-from .base import Detector
+from .base import Detector, head_float64
 from .statistics import seeded_rows
 
 FEATURE_EPS = 0.01  # added to both densities of the feature divergence (authors' code)
@@ -225,10 +225,7 @@ class WeiPer(Detector):
     def fit(self, fc, train_features=None) -> WeiPer:
         super().fit(fc)
         weight = self.fc_.weight.detach()
-        bias = self.fc_.bias
-        self.bias_ = (
-            bias.detach().double() if bias is not None else torch.zeros(len(weight), dtype=torch.float64)
-        )
+        self.bias_ = head_float64(self.fc_)[1]
         self.perturbed_weight_ = perturbed_weights(weight, int(self.r), float(self.delta), int(self.seed))
         if self.score == "msp":
             return self
