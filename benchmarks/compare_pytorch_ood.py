@@ -80,6 +80,10 @@ def pytorch_ood_detectors(fc: torch.nn.Linear, z: torch.Tensor, y: torch.Tensor)
         ("pnml", {}, feats_of(pod.PNML(None, fc).fit_features(z, y)), "PNML"),
         ("pnml", {"rtol": z.shape[1] * float(torch.finfo(torch.float32).eps)},
          feats_of(pod.PNML(None, fc).fit_features(z, y)), "PNML; ours rtol=D*eps32"),
+        # GradUncertainty on the head alone (model = fc, inputs = features); theirs differentiates
+        # torch's BCE, whose backward divides by max(p (1 - p), 1e-12): differs where some p_c < 1e-12
+        # or p_c == 1 in float32 (confident images); ours is the exact C p - 1
+        ("graduncertainty", {}, pod.GradUncertainty(fc).predict, "GradUncertainty(head)"),
     ]  # fmt: skip
 
 

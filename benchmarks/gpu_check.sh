@@ -39,7 +39,7 @@ if [ "$DEV" = cuda ]; then
     LINE_BENCH=(--device cuda --batch-sizes 64,256,1024 --resnet-repeat 3)
 elif [ "$DEV" = cpu ]; then
     OUT="${GPU_CHECK_OUT:-output/gpu_check_dry}"
-    N=30 NOOD=20 NNET=2 BATCH=8 CPU_BATCH=4 WORKERS=0 STEP_LIMIT=300 SECOND=cpu-again
+    N=30 NOOD=20 NNET=10 BATCH=8 CPU_BATCH=4 WORKERS=0 STEP_LIMIT=300 SECOND=cpu-again
     THROUGHPUT=(--device cpu -b 4 -n 4 --batches 1 --workers 0)
     DETECTOR_FLAGS=(--knn-k 3 --nnguide-k 3 --nnguide-fraction 1 --openmax-no-correct-only)  # 30 training images: smaller neighbourhoods; OpenMax on every image
     LINE_BENCH=(--device cpu --batch-sizes 4 --classes 20 --check 4)

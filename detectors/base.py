@@ -78,6 +78,8 @@ def shown_value(value: Any) -> str:
         return "none"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, (tuple, list)):  # one value per layer, as the flag takes them
+        return ",".join(shown_value(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -314,14 +316,17 @@ class Detector:
         return None
 
     # -- from a model and images (detectors.from_loader) ---------------------------------------
-    def fit_loader(self, model: nn.Module, loader, head: str | None = None, input_std=None) -> Detector:
+    def fit_loader(
+        self, model: nn.Module, loader, head: str | None = None, input_std=None, feature_layers=None
+    ) -> Detector:
         """Fitted on ``model`` and one pass over the training ``loader`` (batches ``x``, ``(x, y,
         ...)`` or dicts): the statistics ``fit`` names, computed as precompute.py computes them;
         a network-level detector takes the model (and ``input_std``, else the loader's
-        Normalize). The model is left as it was. Returns the detector."""
+        Normalize). A multi-layer detector (``taps``) reads the modules ``feature_layers``
+        (default: the built-in architecture's). The model is left as it was. Returns the detector."""
         from .from_loader import fit_loader
 
-        return fit_loader(self, model, loader, head, input_std)
+        return fit_loader(self, model, loader, head, input_std, feature_layers)
 
     def score(self, model: nn.Module, x: torch.Tensor, head: str | None = None) -> torch.Tensor:
         """Scores (B,) float64 of a batch of images run through ``model`` (higher = more ID);
@@ -348,13 +353,33 @@ class NetworkDetector(Detector):
         return self
 
     def needs(self) -> tuple[str, ...]:
-        return ()
+        """The training statistics ``fit`` needs after the model and the input std (none for
+        ODIN; the training features for Mahalanobis with input pre-processing)."""
+        signature = inspect.signature(self.fit).parameters.values()
+        return tuple(p.name for p in list(signature)[2:] if p.default is inspect.Parameter.empty)
 
     def fit_call(self) -> str:
-        return "fit(model, input_std)"
+        return f"fit({', '.join(('model', 'input_std', *self.needs()))})"
 
     def score_batch(self, h: torch.Tensor):
         raise TypeError(f"{self.name} needs the images, not features: use score_images")
+
+
+class LayerDetector(Detector):
+    """A detector that reads statistics of intermediate layers (``util.layer_taps``: ``pooled``,
+    ``gram``, ``nac``) which the feature cache fills in the same forward pass as the penultimate
+    features. ``taps`` names the kinds it reads; ``fit(fc, train_layers, ...)`` gets a
+    ``LayerArrays`` of the training images; ``score_layers(h, layers)`` gives (scores (B,),
+    logits (B, C)) of a batch from its penultimate features and ``layers`` =
+    ``{kind: [one (B, ...) tensor per layer]}``."""
+
+    taps: ClassVar[tuple[str, ...]] = ("pooled",)
+
+    def score_layers(self, h: torch.Tensor, layers: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def score_batch(self, h: torch.Tensor):
+        raise TypeError(f"{self.name} reads intermediate layers: score with score_layers(h, layers)")
 
 
 def head_float64(fc) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,23 +390,31 @@ def head_float64(fc) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def score_features(
-    detector: Detector, features: np.ndarray, chunk: int | None = None
+    detector: Detector, features: np.ndarray, chunk: int | None = None, layers=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N,) float64 and predicted classes (N,) of ``features``, ``chunk`` rows at a time.
 
     Without a chunk the detector may score the whole array at once (``score_array``); otherwise
-    its ``score_chunk`` attribute if it has one, else 8192 rows per chunk.
+    its ``score_chunk`` attribute if it has one, else 8192 rows per chunk. A ``LayerDetector``
+    also gets the same rows of ``layers`` (``util.layer_taps.LayerArrays``).
     """
-    if chunk is None:
+    if not isinstance(detector, LayerDetector):
+        layers = None  # another detector scores the features alone, as without layer statistics
+    elif layers is None and len(features):
+        raise ValueError(f"{detector.name} reads intermediate layers: pass their statistics (layers=)")
+    if chunk is None and layers is None:
         result = detector.score_array(features)
         if result is not None:
             return result
     chunk = chunk or getattr(detector, "score_chunk", 8192)
     scores, preds = [], []
     with torch.inference_mode():
-        for block in row_blocks(features, chunk):  # a memory-mapped file is read, not mapped in
-            h = torch.from_numpy(block.astype(np.float32, copy=False))
-            s, z = detector.score_batch(h)
+        for start, block in zip(range(0, len(features), chunk), row_blocks(features, chunk)):
+            h = torch.from_numpy(block.astype(np.float32, copy=False))  # read, not mapped in
+            if isinstance(detector, LayerDetector):
+                s, z = detector.score_layers(h, layers.block(start, start + len(h)))
+            else:
+                s, z = detector.score_batch(h)
             scores.append(s.double().numpy())
             preds.append(z.argmax(dim=1).numpy())
     if not scores:
@@ -389,7 +422,13 @@ def score_features(
     return np.concatenate(scores), np.concatenate(preds)
 
 
-def score_sets(detector: Detector, features: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """(scores, predicted classes) of each named (N, D) feature array, by ``score_features``."""
-    scored = {name: score_features(detector, array) for name, array in features.items()}
+def score_sets(
+    detector: Detector, features: dict[str, np.ndarray], layers: dict | None = None
+) -> tuple[dict, dict]:
+    """(scores, predicted classes) of each named (N, D) feature array, by ``score_features``
+    (with the set's ``LayerArrays`` from ``layers`` for a ``LayerDetector``)."""
+    layers = layers or {}
+    scored = {
+        name: score_features(detector, array, layers=layers.get(name)) for name, array in features.items()
+    }
     return {k: s for k, (s, _) in scored.items()}, {k: p for k, (_, p) in scored.items()}

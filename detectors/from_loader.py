@@ -15,6 +15,7 @@ mode inside each call (its own modes restored), is never moved, and its weights 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -22,14 +23,16 @@ import torch
 from torch import nn
 from torchvision import transforms
 
+from models import MODELS, default_layers
 from models.heads import cpu_copy, last_batchnorm
-from models.split import evaluating, features_and_logits, known_head, model_device
+from models.split import _check_output, evaluating, features_and_logits, known_head, model_device
 from util.errors import UserError
+from util.layer_taps import LayerArrays, LayerTaps, TapSpec, split_rows
 
 from .statistics import ClassMeanAccumulator, fill_empty_classes, taylor_contributions
 
 # The statistics a detector's fit may name (``Detector.needs()``).
-STATISTICS = ("contributions", "mean_feature", "train_features", "train_labels", "batchnorm")
+STATISTICS = ("contributions", "mean_feature", "train_features", "train_labels", "train_layers", "batchnorm")
 IMAGE_KEYS = ("image", "images", "img", "pixel_values", "input", "inputs", "x")
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 # Where an ODIN-like perturbation's scale comes from when the loader's transform has no Normalize.
@@ -62,12 +65,111 @@ def batch_parts(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def loader_batches(model: nn.Module, loader: Iterable, head: str | None = None) -> Iterator:
     """(h, logits, labels or None, head) of each batch, on the CPU, the model in eval mode."""
+    for h, z, y, fc, _ in tapped_batches(model, loader, head):
+        yield h, z, y, fc
+
+
+def tapped_batches(model: nn.Module, loader: Iterable, head: str | None = None, spec: TapSpec | None = None):
+    """(h, logits, labels or None, head, layers) of each batch, on the CPU, the model in eval mode;
+    ``layers``: the batch's ``LayerArrays`` of ``spec`` (None without one), reduced by hooks
+    (``util.layer_taps.LayerTaps``) in the same forward pass."""
     device = model_device(model)
-    with evaluating(model):
+    fc = known_head(model, head) if spec is not None else None
+    with evaluating(model), LayerTaps.maybe(model, spec) as taps:
         for batch in loader:
             x, y = batch_parts(batch)
-            h, z, fc = features_and_logits(model, x.to(device), head)
-            yield h.cpu(), z.cpu(), (None if y is None else y.cpu()), fc
+            h, z, fc, layers = tapped_forward(model, x.to(device), head, taps, fc)
+            yield h.cpu(), z.cpu(), (None if y is None else y.cpu()), fc, layers
+
+
+def tapped_forward(model: nn.Module, x: torch.Tensor, head: str | None, taps: LayerTaps | None, fc=None):
+    """(h, logits, head, the batch's LayerArrays or None) of one ``model(x)`` with ``taps`` hooked.
+
+    Statistics that need dKL/dz (``nac``) need a graph from the tapped outputs to the logits: the
+    pass then runs with autograd on (x requiring grad, whatever the weights' ``requires_grad``),
+    reading h at the head ``fc`` (found, where not known, by a one-image probe of the first batch).
+    """
+    if taps is None or not taps.spec.needs_grad:
+        h, z, fc = features_and_logits(model, x, head)
+        return h, z, fc, (batch_layers(taps, z) if taps is not None else None)
+    fc = fc if fc is not None else features_and_logits(model, x[:1], head)[2]
+    kept = {}
+    handle = fc.register_forward_hook(lambda _m, args, out: kept.update(h=args[0], z=out))
+    try:
+        with torch.enable_grad():
+            out = model(x.detach().requires_grad_(True))
+    finally:
+        handle.remove()
+    _check_output(model, out, kept["z"])
+    layers = batch_layers(taps, out)
+    return kept["h"].detach().float(), out.detach().float(), fc, layers
+
+
+def batch_layers(taps: LayerTaps, logits: torch.Tensor) -> LayerArrays:
+    """The ``LayerArrays`` of the outputs ``taps`` kept in the last forward pass (float32, CPU)."""
+    shapes = taps.row_shapes(taps.channels())
+    flat = taps.reduce(logits).float().cpu().numpy()
+    arrays: dict[str, list] = {kind: [] for kind in taps.spec.kinds}
+    for (kind, _, _), part in zip(taps.spec.array_names(), split_rows(flat, shapes)):
+        arrays[kind].append(part)
+    return LayerArrays(taps.spec.layers, {k: tuple(v) for k, v in arrays.items()})
+
+
+def flat_layers(layers: LayerArrays, spec: TapSpec) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """(rows (B, E), each array's row shape) of ``layers`` in ``spec.array_names()`` order: the
+    inverse of ``util.layer_taps.split_rows``, as the feature cache's writer takes them."""
+    parts = [np.asarray(layers.arrays[kind][i]) for kind, i, _ in spec.array_names()]
+    flat = np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
+    return flat, [tuple(p.shape[1:]) for p in parts]
+
+
+@functools.cache
+def _builtin_classes() -> dict[type, str]:
+    """{model class: built-in architecture}: each ``models.MODELS`` spec built on the meta device
+    (no memory, no weights), the first architecture of a class kept."""
+    out: dict[type, str] = {}
+    for arch, spec in MODELS.items():
+        with torch.device("meta"):
+            out.setdefault(type(spec.build(1)), arch)
+    return out
+
+
+def layer_names(model: nn.Module, feature_layers, readers: str) -> tuple[str, ...]:
+    """The modules whose outputs the multi-layer detectors ``readers`` read: ``feature_layers`` (a
+    list of module names, or one comma-separated string), else the default of the built-in
+    architecture of the model's class (``models.default_layers``, said), else a UserError."""
+    if feature_layers is not None:
+        given = feature_layers.split(",") if isinstance(feature_layers, str) else list(feature_layers)
+        names = tuple(str(n).strip() for n in given if str(n).strip())
+        if not names:
+            raise UserError(
+                "feature_layers is empty: give module names, e.g. feature_layers=['layer1', 'layer2']"
+            )
+        return names
+    arch = _builtin_classes().get(type(model))
+    if arch is not None and default_layers(arch):
+        names = default_layers(arch)
+        print(
+            f"feature_layers: {', '.join(names)} ({arch}'s default in models/__init__.py, the built-in "
+            f"architecture of {type(model).__name__}; pass feature_layers=[...] for others)"
+        )
+        return names
+    top = [n for n, _ in model.named_children()]
+    raise UserError(
+        f"{readers} read(s) intermediate layers, and {type(model).__name__} is not a built-in architecture: "
+        f"pass feature_layers=[...] with the model's module names, e.g. feature_layers={top[:3]!r} (its "
+        f"top-level modules: {', '.join(top)}; dotted names such as layer1.0 for deeper ones)"
+    )
+
+
+def tap_spec_of(model: nn.Module, detectors, feature_layers=None) -> TapSpec | None:
+    """The layer statistics the ``detectors`` read (the union of their ``taps``) on the modules of
+    ``layer_names``; None when none reads intermediate layers."""
+    kinds = tuple(dict.fromkeys(kind for d in detectors for kind in getattr(d, "taps", ())))
+    if not kinds:
+        return None
+    readers = ", ".join(d.name for d in detectors if getattr(d, "taps", ()))
+    return TapSpec(layer_names(model, feature_layers, readers), kinds)
 
 
 class TrainingPass:
@@ -95,13 +197,15 @@ class TrainingPass:
         self.count = 0
         self.features: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.layers: list[LayerArrays] = []
 
     @property
     def needs_labels(self) -> bool:
         return bool(self.needs & {"contributions", "train_labels"})
 
-    def add(self, h: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """One batch of features (B, D) and class labels (B,) (None where no statistic needs them)."""
+    def add(self, h: torch.Tensor, labels: torch.Tensor | None, layers: LayerArrays | None = None) -> None:
+        """One batch of features (B, D), class labels (B,) (None where no statistic needs them) and,
+        for ``train_layers``, the batch's layer statistics."""
         h = h.float().cpu()
         if self.needs_labels:
             c = self.fc.out_features
@@ -119,6 +223,10 @@ class TrainingPass:
             self.features.append(h.numpy())
         if "train_labels" in self.needs:
             self.labels.append(labels.numpy().astype(np.int64))
+        if "train_layers" in self.needs:
+            if layers is None:
+                raise ValueError("train_layers: each batch's layer statistics are needed (a TapSpec)")
+            self.layers.append(layers)
 
     def result(self, model: nn.Module | None = None) -> dict:
         """The statistics (``fit``'s keyword arguments), checked finite; ``model`` for BatchNorm."""
@@ -134,10 +242,14 @@ class TrainingPass:
             out["train_features"] = np.concatenate(self.features)
         if "train_labels" in self.needs:
             out["train_labels"] = np.concatenate(self.labels)
+        if "train_layers" in self.needs:
+            out["train_layers"] = LayerArrays.concatenate(self.layers)
         if "batchnorm" in self.needs:
             out["batchnorm"] = batchnorm_statistics(model, self.fc.in_features)
         for key, value in out.items():
-            bad = sum(int(np.count_nonzero(~np.isfinite(v))) for v in np.atleast_1d(value))
+            layered = key == "train_layers"
+            parts = [a for v in value.arrays.values() for a in v] if layered else np.atleast_1d(value)
+            bad = sum(int(np.count_nonzero(~np.isfinite(v))) for v in parts)
             if bad:
                 raise UserError(f"{bad} NaN or infinite values in the {key} of the training loader's images")
         return out
@@ -190,10 +302,15 @@ class LabelSource:
 
 
 def training_statistics(
-    model: nn.Module, loader: Iterable, needs: Iterable[str], head: str | None = None
+    model: nn.Module,
+    loader: Iterable,
+    needs: Iterable[str],
+    head: str | None = None,
+    spec: TapSpec | None = None,
 ) -> tuple[nn.Linear, dict]:
     """(the model's head, the statistics ``needs`` names) from one pass over ``loader``; no pass
-    when nothing but the head (and BatchNorm) is needed and the head is known without one."""
+    when nothing but the head (and BatchNorm) is needed and the head is known without one.
+    ``train_layers``: the layer statistics of ``spec``, from the same pass (``tapped_batches``)."""
     needs = tuple(needs)
     fc = known_head(model, head)
     if fc is not None and not set(needs) - {"batchnorm"}:
@@ -203,12 +320,14 @@ def training_statistics(
             ", ".join(n for n in needs if n != "batchnorm") or "its output layer (pass head='<name>' instead)"
         )
         raise UserError(f"the fit needs {what} from the training images: give a training loader")
+    if "train_layers" in needs and spec is None:
+        raise ValueError("train_layers: give the layers and statistics to tap (spec, a TapSpec)")
     accumulator, labels = None, LabelSource("training loader")
-    for h, z, y, fc in loader_batches(model, loader, head):
+    for h, z, y, fc, layers in tapped_batches(model, loader, head, spec if "train_layers" in needs else None):
         accumulator = accumulator or TrainingPass(fc, needs)
         if not set(needs) - {"batchnorm"}:
             break  # the head was all this pass was for
-        accumulator.add(h, labels(y, z) if accumulator.needs_labels else y)
+        accumulator.add(h, labels(y, z) if accumulator.needs_labels else y, layers)
     if accumulator is None:
         raise UserError("the training loader gave no batch")
     return fc, accumulator.result(model)
@@ -234,18 +353,36 @@ def input_std_of(loader, what: str = "") -> tuple[float, ...]:
     return std
 
 
-def fit_loader(detector, model: nn.Module, loader: Iterable, head: str | None = None, input_std=None):
+def reads_layers(detector) -> bool:
+    """Whether ``detector`` is a ``detectors.base.LayerDetector`` (scored with ``score_layers``;
+    told by its method, so that this module need not import the base module that imports it)."""
+    return detector.kind == "features" and callable(getattr(detector, "score_layers", None))
+
+
+def fit_loader(
+    detector, model: nn.Module, loader: Iterable, head: str | None = None, input_std=None, feature_layers=None
+):
     """``detector`` fitted on ``model`` and one pass over the training ``loader``; returns it.
 
     A feature-level detector gets the model's head and the statistics its ``fit`` names
-    (``training_statistics``); a network-level one the model and the input std (``input_std``,
-    else ``input_std_of(loader)``), with no pass over the loader.
+    (``training_statistics``); a network-level one the model, the input std (``input_std``, else
+    ``input_std_of(loader)``) and the statistics its ``fit`` names after them (no pass without
+    any). A detector with ``taps`` reads the layers ``feature_layers`` (``layer_names``); a
+    ``LayerDetector`` keeps their names as ``feature_layers_`` for ``score_with_model``.
     """
+    spec = tap_spec_of(model, [detector], feature_layers)
+    needs = detector.needs()
     if detector.kind == "network":
         std = input_std if input_std is not None else input_std_of(loader, detector.name)
-        return detector.fit(model, std)
-    fc, stats = training_statistics(model, loader, detector.needs(), head)
-    return detector.fit(fc, **stats)
+        computed = [n for n in needs if n != "train_images"]  # AdaSCALE runs the images itself
+        stats = training_statistics(model, loader, computed, head, spec)[1] if computed else {}
+        images = {"train_images": loader} if "train_images" in needs else {}
+        return detector.fit(model, std, **stats, **images)
+    fc, stats = training_statistics(model, loader, needs, head, spec)
+    detector.fit(fc, **stats)
+    if reads_layers(detector):
+        detector.feature_layers_ = spec.layers
+    return detector
 
 
 def score_with_model(
@@ -265,9 +402,27 @@ def score_with_model(
             raise ValueError(f"{detector.name} was fitted on another model: fit it on this one first")
         with evaluating(model):
             scores, logits = detector.score_images(x.to(device))
+    elif reads_layers(detector):
+        scores, logits = _score_layers(detector, model, x.to(device), head)
     else:
         with evaluating(model):
             h, _, _ = features_and_logits(model, x.to(device), head)
         with torch.no_grad():
             scores, logits = detector.score_batch(h.cpu())
     return scores.double().to(device), logits.to(device)
+
+
+def _score_layers(detector, model: nn.Module, x: torch.Tensor, head: str | None):
+    """(scores, logits) of a ``LayerDetector`` on a batch: its ``taps`` of the modules it was fitted
+    on (``feature_layers_``) hooked in the one forward pass."""
+    names = vars(detector).get("feature_layers_")
+    if names is None:
+        _ = detector.fc_  # not fitted at all: NotFittedError
+        raise UserError(
+            f"{detector.name}: the layers it reads are unknown; fit it with fit_loader(model, loader, "
+            "feature_layers=[...]) or evaluate(), or set detector.feature_layers_ to the module names"
+        )
+    with evaluating(model), LayerTaps(model, TapSpec(tuple(names), detector.taps)) as taps:
+        h, _, _, layers = tapped_forward(model, x, head, taps)
+    with torch.no_grad():
+        return detector.score_layers(h.cpu(), layers.block(0, len(h)))

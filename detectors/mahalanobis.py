@@ -50,7 +50,7 @@ def squared_distances(x: torch.Tensor, means: torch.Tensor, precision: torch.Ten
 
 class Mahalanobis(Detector):
     name = "mahalanobis"
-    paper = "Lee et al., NeurIPS 2018 (penultimate layer only)"
+    paper = "Lee et al., NeurIPS 2018"
     needs_each_class = True
 
     def fit(self, fc, train_features, train_labels) -> Mahalanobis:

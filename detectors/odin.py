@@ -9,6 +9,8 @@ detector). Defaults: T = 1000, eps = 0.0014 (the DICE code's CIFAR setting).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -23,15 +25,20 @@ def odin_scores(
     temperature: float = 1000.0,
     epsilon: float = 0.0014,
     std=(0.2023, 0.1994, 0.2010),
+    select: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ODIN scores (B,) and the logits of the perturbed images (B, C) for one batch."""
+    """ODIN scores (B,) and the logits of the perturbed images (B, C) for one batch.
+
+    ``select(grad)`` gives the 0/1 mask (B, C, H, W) of the input entries to perturb (None: all;
+    IODIN: the one of largest |gradient|)."""
     with torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
         logits = model(x)
         loss = F.cross_entropy(logits / temperature, logits.argmax(dim=1))
         (grad,) = torch.autograd.grad(loss, x)
     scale = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    x_tilde = images - epsilon * torch.sign(grad) / scale
+    sign = torch.sign(grad) if select is None else torch.sign(grad) * select(grad)
+    x_tilde = images - epsilon * sign / scale
     with torch.inference_mode():
         out = model(x_tilde)
         return torch.softmax(out.double() / temperature, dim=1).max(dim=1).values, out

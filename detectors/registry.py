@@ -15,10 +15,12 @@ from util.argtypes import closest_name
 from util.datasets import preset_of
 from util.errors import UserError
 
+from .adascale import AdaSCALE
 from .ash import ASH
 from .base import Detector, Param, init_params
 from .bats import BATS
 from .cadref import CADRef, CARef
+from .cfood import CFOOD
 from .dice import DICE
 from .energy import Energy
 from .entropy import Entropy
@@ -26,14 +28,22 @@ from .fdbd import FDBD
 from .gen import GEN
 from .gmm import GMM
 from .gradnorm import GradNorm
+from .graduncertainty import GradUncertainty
+from .gram import Gram
+from .grood import GrOOD
+from .iodin import IODIN
 from .kl_matching import KLMatching
 from .knn import KNN
 from .line import LINe
 from .lts import LTS
 from .mahalanobis import Mahalanobis
+from .mahalanobis_odin import MahalanobisODIN
 from .mahalanobis_pp import MahalanobisPP
 from .maxlogit import MaxLogit
+from .mds_ensemble import MDSEnsemble
 from .msp import MSP
+from .multi_mahalanobis import MultiMahalanobis
+from .nac_ue import NACUE
 from .nci import NCI
 from .neco import NECO
 from .nnguide import NNGuide
@@ -72,14 +82,18 @@ DETECTORS: tuple[type[Detector], ...] = (
     VRA,
     OptFS,
     GradNorm,
+    GradUncertainty,
     # feature-based: distances and subspaces
     Mahalanobis,
     MahalanobisPP,
+    MultiMahalanobis,
     RelativeMahalanobis,
     GMM,
     OpenMax,
     KNN,
     NNGuide,
+    CFOOD,
+    GrOOD,
     Relation,
     ViM,
     Residual,
@@ -92,8 +106,15 @@ DETECTORS: tuple[type[Detector], ...] = (
     CADRef,
     WeiPer,
     LINe,
+    # feature-based: several layers
+    Gram,
+    NACUE,
     # network-level
     ODIN,
+    IODIN,
+    AdaSCALE,
+    MahalanobisODIN,
+    MDSEnsemble,
     RankFeat,
 )
 

@@ -38,6 +38,9 @@ class ModelSpec:
     build: Callable[[int], nn.Module]
     input: InputSpec | None = None
     input_source: str | None = None  # where ``input`` comes from, as the start-of-run block says
+    # Modules whose outputs the multi-layer detectors read by default (--feature-layers): the
+    # stages, each ending at its own resolution (DenseNet's dense blocks, ResNet's layer1..4).
+    layers: tuple[str, ...] = ()
 
 
 def _imagenet_input(arch: str) -> tuple[InputSpec, str]:
@@ -49,16 +52,34 @@ def _imagenet_input(arch: str) -> tuple[InputSpec, str]:
 # The ImageNet architectures expect the input of their ImageNet-1k weights (models.weights);
 # DenseNet-101 takes the dataset's (its CIFAR weights' input is the CIFAR datasets' own).
 MODELS = {
-    "densenet": ModelSpec(lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5)),
-    "resnet50": ModelSpec(lambda c: ResNet50(num_classes=c), *_imagenet_input("resnet50")),
+    "densenet": ModelSpec(
+        lambda c: DenseNet3(depth=100, num_classes=c, growth_rate=12, reduction=0.5),
+        layers=("block1", "block2", "block3"),
+    ),
+    "resnet50": ModelSpec(
+        lambda c: ResNet50(num_classes=c),
+        *_imagenet_input("resnet50"),
+        layers=("layer1", "layer2", "layer3", "layer4"),
+    ),
     "BiT-S-R101x1": ModelSpec(
-        lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c), *_imagenet_input("BiT-S-R101x1")
+        lambda c: ResNetV2(BIT_UNITS["R101"], width=1, num_classes=c),
+        *_imagenet_input("BiT-S-R101x1"),
+        layers=("body.block1", "body.block2", "body.block3", "body.block4"),
     ),
     "efficientnet-lite0": ModelSpec(
-        lambda c: EfficientNetLite0(num_classes=c), *_imagenet_input("efficientnet-lite0")
+        lambda c: EfficientNetLite0(num_classes=c),
+        *_imagenet_input("efficientnet-lite0"),
+        layers=("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"),  # last block at 56, 28, 14, 7 px
     ),
 }
 MODEL_NAMES = tuple(MODELS)
+
+
+def default_layers(name: str) -> tuple[str, ...]:
+    """The modules the multi-layer detectors read for architecture ``name`` without
+    --feature-layers (``ModelSpec.layers``); empty for external models."""
+    spec = MODELS.get(name)
+    return spec.layers if spec else ()
 
 
 def check_arch(name: str) -> str:

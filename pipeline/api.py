@@ -14,6 +14,12 @@ themselves. With ``cache_dir`` the features go through the feature cache (``util
 second call forwards nothing, for loaders whose images can be named (the repository's datasets,
 torchvision's ImageFolder/DatasetFolder, in loader order, unshuffled). The metrics, the table and
 ``to_dict()`` are ``pipeline.report``'s, as ``ood_eval.py`` writes them.
+
+Multi-layer detectors (those with ``taps``: ``LayerDetector``s such as gram, and network-level
+ones that fit on ``train_layers`` such as mds_ensemble) read statistics of intermediate layers
+(``util.layer_taps``), reduced by hooks in the same forward pass: of the training loader, and of
+every test loader for the ``LayerDetector``s; the modules are ``feature_layers`` or the built-in
+architecture's default (``detectors.from_loader.layer_names``).
 """
 
 from __future__ import annotations
@@ -31,21 +37,24 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 
 from detectors import registry
-from detectors.base import Detector, score_features
+from detectors.base import Detector, LayerDetector, score_features
 from detectors.from_loader import (
     LabelSource,
     TrainingPass,
     batch_parts,
     batchnorm_statistics,
-    fit_loader,
-    loader_batches,
+    flat_layers,
+    input_std_of,
+    tap_spec_of,
+    tapped_batches,
     training_statistics,
 )
 from models.split import evaluating, features_and_logits, known_head, model_device
 from util.datasets import canonical_id_name
 from util.errors import UserError
-from util.features import CACHE_VERSION, FeatureCache
+from util.features import CACHE_VERSION, FeatureCache, taps_record
 from util.io import row_blocks
+from util.layer_taps import LayerArrays, TapSpec
 
 from . import report
 
@@ -143,6 +152,7 @@ def evaluate(
     input_std=None,
     name: str | None = None,
     fpr_convention: str = "id",
+    feature_layers=None,
 ) -> Evaluation:
     """Fit every detector on ``train_loader`` and score ``id_loader`` and each of ``ood_loaders``
     ({set name: loader}) with ``model`` (left as it was); returns an ``Evaluation``.
@@ -152,7 +162,9 @@ def evaluate(
     ``imagenet``, ...; none: each detector's own defaults), or configured ``Detector`` objects.
     ``head``: the name of the model's output Linear where it is not found by itself
     (``models.split``); ``input_std``: ODIN's per-channel std (default: the loaders' Normalize);
-    ``name``: the model's name in the table (default: its class name).
+    ``name``: the model's name in the table (default: its class name); ``feature_layers``: the
+    modules the multi-layer detectors read (names as in ``model.named_modules()``; default: the
+    built-in architecture's, ``models.default_layers``; required for other models).
     """
     if fpr_convention not in ("id", "ood"):
         raise ValueError(f"fpr_convention must be 'id' or 'ood', not {fpr_convention!r}")
@@ -164,30 +176,57 @@ def evaluate(
         raise UserError("ood_loaders is empty: give at least one {name: loader} of OOD images")
     loaders = {"in": id_loader, **ood_loaders}
     cache = FeatureCache(cache_dir, model_key(model, head)) if cache_dir is not None else None
+    spec = tap_spec_of(model, runs, feature_layers)  # the layer statistics the detectors read, if any
     by_features = [d for d in runs if d.kind != "network"]
+    needs = tuple(dict.fromkeys(n for d in runs for n in d.needs()))  # one training pass for all
+    fc, stats, sets = None, {}, {}
     if by_features:
-        needs = tuple(dict.fromkeys(n for d in by_features for n in d.needs()))
-        fc, stats, sets = _features(model, needs, train_loader, loaders, head, cache, f"{label}_{name}")
+        taps = (spec, _set_taps(spec, runs))
+        fc, stats, sets = _features(model, needs, train_loader, loaders, head, cache, f"{label}_{name}", taps)
+    elif needs:
+        fc, stats = _training(model, train_loader, needs, head, cache, f"{label}_{name}", spec)
     out = Evaluation(label, name, ood_names, fpr_convention=fpr_convention)
     for detector in runs:
         try:
             if detector.kind == "network":
-                scores, preds, labels = _network_scores(detector, model, loaders, train_loader, input_std)
+                scores, preds, labels = _network_scores(
+                    detector, model, loaders, train_loader, input_std, stats
+                )
             else:
-                detector.fit(fc, **{k: stats[k] for k in detector.needs()})
-                scores, preds = score_sets_of(detector, sets)
-                labels = sets["in"][2]
+                scores, preds, labels = _feature_scores(detector, fc, stats, sets, spec)
         except ValueError as exc:  # a setting the data cannot take (k above the training images)
             raise UserError(f"{detector.run_name()}: {exc}") from None
-        out.results[detector.run_name()] = _result(detector, scores, preds, labels, ood_names, label, name)
+        result = _result(detector, scores, preds, labels, ood_names, label, name, spec)
+        out.results[detector.run_name()] = result
     return out
 
 
-def _features(model, needs, train_loader, loaders: dict, head, cache, prefix: str):
-    """(the head, the training statistics ``needs`` names, (features, logits, labels) of each
-    test loader): every image forwarded once (or read from the cache)."""
-    fc, stats = _training(model, train_loader, needs, head, cache, prefix)
-    sets = {k: _set_features(model, loader, k, head, cache, f"{prefix}_{k}") for k, loader in loaders.items()}
+def _set_taps(spec: TapSpec | None, runs) -> TapSpec | None:
+    """The layer statistics of the test loaders: those the ``LayerDetector``s read (network-level
+    detectors run the model on the test images themselves)."""
+    kinds = tuple(dict.fromkeys(k for d in runs if isinstance(d, LayerDetector) for k in d.taps))
+    return TapSpec(spec.layers, kinds) if kinds else None
+
+
+def _feature_scores(detector, fc, stats: dict, sets: dict, spec: TapSpec | None):
+    """(scores, predictions, ID labels or None) of a feature-level detector fitted on ``stats``; a
+    ``LayerDetector`` keeps the names of the layers it read (``feature_layers_``)."""
+    detector.fit(fc, **{k: stats[k] for k in detector.needs()})
+    if isinstance(detector, LayerDetector):
+        detector.feature_layers_ = spec.layers
+    scores, preds = score_sets_of(detector, sets)
+    return scores, preds, sets["in"][2]
+
+
+def _features(model, needs, train_loader, loaders: dict, head, cache, prefix: str, taps=(None, None)):
+    """(the head, the training statistics ``needs`` names, (features, logits, labels, layers) of
+    each test loader): every image forwarded once (or read from the cache). ``taps``: the layer
+    statistics of the training loader and of the test loaders (None: none)."""
+    fc, stats = _training(model, train_loader, needs, head, cache, prefix, taps[0])
+    sets = {
+        k: _set_features(model, loader, k, head, cache, f"{prefix}_{k}", taps[1])
+        for k, loader in loaders.items()
+    }
     if fc is None:
         fc = _head(model, loaders["in"], head, sets["in"][0].shape[1], sets["in"][1].shape[1])
     if "batchnorm" in needs and "batchnorm" not in stats:
@@ -280,9 +319,9 @@ class LoaderImages:
         }
 
 
-def _training(model, loader, needs, head, cache, prefix: str) -> tuple[nn.Linear | None, dict]:
+def _training(model, loader, needs, head, cache, prefix: str, spec=None) -> tuple[nn.Linear | None, dict]:
     """(the head or None, the statistics ``needs`` names) from the training loader: streamed in one
-    pass, or through the feature cache."""
+    pass, or through the feature cache; ``train_layers``: the layer statistics of ``spec``."""
     if not set(needs) - {"batchnorm"}:
         fc = known_head(model, head)
         return fc, (TrainingPass(fc, needs).result(model) if fc is not None and needs else {})
@@ -291,11 +330,12 @@ def _training(model, loader, needs, head, cache, prefix: str) -> tuple[nn.Linear
     images = LoaderImages(loader)
     if cache is None or images.problem() is not None:
         _say_uncached(cache, images, "training loader")
-        fc, stats = training_statistics(model, loader, needs, head)
+        fc, stats = training_statistics(model, loader, needs, head, spec)
         print(f"training loader: statistics ({', '.join(needs)}) from one pass")
         return fc, stats
-    features, logits, labels = _cached(
-        model, loader, images, head, cache, f"{prefix}_train", "training loader"
+    tapped = spec if "train_layers" in needs else None
+    features, logits, labels, layers = _cached(
+        model, loader, images, head, cache, f"{prefix}_train", "training loader", tapped
     )
     fc = _head(model, loader, head, features.shape[1], logits.shape[1])
     accumulator, source = TrainingPass(fc, needs), LabelSource("training loader")
@@ -304,7 +344,8 @@ def _training(model, loader, needs, head, cache, prefix: str) -> tuple[nn.Linear
         given = None if (y == NO_LABEL).any() else torch.from_numpy(np.asarray(y))
         if accumulator.needs_labels:  # the predictions stand in only where a statistic needs labels
             given = source(given, torch.from_numpy(np.array(z)))
-        accumulator.add(torch.from_numpy(np.array(block)), given)
+        rows = layers.rows(slice(start, start + len(block))) if tapped is not None else None
+        accumulator.add(torch.from_numpy(np.array(block)), given, rows)
     return fc, accumulator.result(model)
 
 
@@ -313,54 +354,59 @@ def _say_uncached(cache, images: LoaderImages, what: str) -> None:
         print(f"{what}: not cached, {images.problem()}; features computed in memory")
 
 
-def _set_features(
-    model, loader, key: str, head, cache, tag: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(features (N, D), logits (N, C), labels (N,) or None) of one test loader: one forward pass,
-    or the feature cache's entry."""
+def _set_features(model, loader, key: str, head, cache, tag: str, spec: TapSpec | None = None) -> tuple:
+    """(features (N, D), logits (N, C), labels (N,) or None, LayerArrays of ``spec`` or None) of one
+    test loader: one forward pass, or the feature cache's entry."""
     what = "ID test loader" if key == "in" else f"OOD loader {key}"
     images = LoaderImages(loader)
     if cache is not None and images.problem() is None:
-        features, logits, labels = _cached(model, loader, images, head, cache, tag, what)
-        return features, logits, (None if (labels == NO_LABEL).any() else np.asarray(labels))
+        features, logits, labels, layers = _cached(model, loader, images, head, cache, tag, what, spec)
+        return features, logits, (None if (labels == NO_LABEL).any() else np.asarray(labels)), layers
     _say_uncached(cache, images, what)
-    h, z, y = [], [], []
-    for hb, zb, yb, _ in loader_batches(model, loader, head):
+    h, z, y, e = [], [], [], []
+    for hb, zb, yb, _, layers in tapped_batches(model, loader, head, spec):
         h.append(hb.numpy())
         z.append(zb.numpy())
         y.append(None if yb is None else yb.numpy())
+        e.append(layers)
     if not h:
         raise UserError(f"the {what} gave no images")
     print(f"{what}: {sum(len(b) for b in h)} images (forward pass)")
     labels = None if any(b is None for b in y) else np.concatenate(y).astype(np.int64)
-    return np.concatenate(h), np.concatenate(z), labels
+    layers = LayerArrays.concatenate(e) if spec is not None else None
+    return np.concatenate(h), np.concatenate(z), labels, layers
 
 
-def _cached(model, loader, images: LoaderImages, head, cache: FeatureCache, tag: str, what: str):
-    """(features, logits, labels) of a loader from its cache entry, filled by one pass when absent."""
+def _cached(model, loader, images: LoaderImages, head, cache: FeatureCache, tag: str, what: str, spec=None):
+    """(features, logits, labels, layers) of a loader from its cache entry (``layers``: the
+    statistics of ``spec``, or None), filled by one pass when absent or without them."""
+    cache.taps = spec
     problem = cache.problem(images, tag)
     if problem is None:
         fs = cache.load(images, tag)
         print(f"{what}: {len(fs)} images, features from the cache {fs.path}")
-        return fs.features, fs.logits, fs.labels
+        return fs.features, fs.logits, fs.labels, fs.layers
+    spec = cache.taps_to_write(images, tag)  # before the old entry goes: the kinds it held are kept
     cache.discard(images, tag, problem)
     entry = cache.entry(images, tag)
     shutil.rmtree(
         entry.with_name(entry.name + ".partial"), ignore_errors=True
     )  # no resuming: a loader restarts
     partial, start = None, 0
-    for h, z, y, fc in loader_batches(model, loader, head):
+    for h, z, y, fc, layers in tapped_batches(model, loader, head, spec):
+        e, shapes = flat_layers(layers, spec) if spec is not None else (None, None)
         if partial is None:
-            partial = cache.open_partial(images, tag, fc.in_features, fc.out_features)
+            record = taps_record(spec, shapes) if spec is not None else None
+            partial = cache.open_partial(images, tag, fc.in_features, fc.out_features, record)
         y = np.full(len(h), NO_LABEL, np.int64) if y is None else y.numpy()
-        partial.write(start, h.numpy(), z.numpy(), y)
+        partial.write(start, h.numpy(), z.numpy(), y, e)
         start += len(h)
     if partial is None or start != len(images):
         raise UserError(f"the {what} gave {start} images of its dataset's {len(images)}")
     partial.finalise()
     fs = cache.load(images, tag)
     print(f"{what}: {len(fs)} images (forward pass, now cached in {fs.path}, cache version {CACHE_VERSION})")
-    return fs.features, fs.logits, fs.labels
+    return fs.features, fs.logits, fs.labels, fs.layers
 
 
 def _head(model, loader, head, dim: int, classes: int) -> nn.Linear:
@@ -384,18 +430,24 @@ def _head(model, loader, head, dim: int, classes: int) -> nn.Linear:
 
 
 def score_sets_of(detector: Detector, sets: dict) -> tuple[dict, dict]:
-    """(scores, predicted classes) per set by ``score_features``, as ``ood_eval.py`` scores them."""
-    scored = {k: score_features(detector, features) for k, (features, _, _) in sets.items()}
+    """(scores, predicted classes) per set by ``score_features``, as ``ood_eval.py`` scores them
+    (a ``LayerDetector`` with the set's layer statistics)."""
+    layered = isinstance(detector, LayerDetector)
+    scored = {
+        k: score_features(detector, features, layers=layers if layered else None)
+        for k, (features, _, _, layers) in sets.items()
+    }
     return {k: s for k, (s, _) in scored.items()}, {k: p for k, (_, p) in scored.items()}
 
 
 def _network_scores(
-    detector, model, loaders: dict, train_loader, input_std
+    detector, model, loaders: dict, train_loader, input_std, stats: dict
 ) -> tuple[dict, dict, np.ndarray | None]:
-    """(scores, predictions, ID labels or None) of a network-level detector, batch by batch."""
-    fit_loader(
-        detector, model, train_loader if train_loader is not None else loaders["in"], input_std=input_std
-    )
+    """(scores, predictions, ID labels or None) of a network-level detector fitted on the model,
+    the input std and the training statistics its ``fit`` names (``stats``), batch by batch."""
+    loader = train_loader if train_loader is not None else loaders["in"]
+    std = input_std if input_std is not None else input_std_of(loader, detector.name)
+    detector.fit(model, std, **{k: stats[k] for k in detector.needs()})
     scores, preds, labels = {}, {}, None
     device = model_device(model)
     for key, loader in loaders.items():
@@ -413,7 +465,7 @@ def _network_scores(
     return scores, preds, labels
 
 
-def _result(detector, scores, preds, labels, ood_names, label, name) -> report.MethodResult:
+def _result(detector, scores, preds, labels, ood_names, label, name, spec=None) -> report.MethodResult:
     """The ``MethodResult`` of one detector: metrics per set and on average, ID accuracy."""
     report.check_scores(scores)
     accuracy = math.nan if labels is None else float(np.mean(preds["in"] == labels))
@@ -424,4 +476,6 @@ def _result(detector, scores, preds, labels, ood_names, label, name) -> report.M
         "model": name,
         "num_images": {k: len(v) for k, v in scores.items()},
     }
+    if getattr(detector, "taps", ()):  # a multi-layer detector: the modules it read
+        settings["feature_layers"] = list(spec.layers)
     return report.method_result(detector.run_name(), scores, accuracy, ood_names, settings)

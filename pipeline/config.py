@@ -165,6 +165,7 @@ class EvalConfig(RunConfig):
     detail: str = "mean_class"  # LINe's contribution-file and score-file suffix
     only: str | None = None  # "in" (--in-dist-only) or "out" (--out-dist-only): score those sets only
     cal_metric: bool = False  # metrics from the saved per-image scores, no network and no data
+    feature_layers: tuple[str, ...] | None = None  # multi-layer detectors' modules; None: the arch's
 
 
 @dataclass
@@ -187,3 +188,4 @@ class SweepConfig(RunConfig):
     base_dir: str = "output/ood_scores"
     contrib: str | None = None
     feat_stat: str | None = None
+    feature_layers: tuple[str, ...] | None = None  # multi-layer detectors' modules; None: the arch's

@@ -35,6 +35,7 @@ from util.runtime import code_version, ensure_writable_dir
 from . import original_files, report, setup
 from . import runs as runs_store
 from .config import EvalConfig
+from .layers import layer_choice
 from .report import MethodResult
 from .scoring import max_softmax, score_cached, score_images
 from .session import open_session
@@ -47,7 +48,7 @@ SAVED_RUN_FIELDS = (
     "contrib", "feat_stat", "detail", "id_root", "class_map", "num_classes", "head",
     "image_size", "mean", "std", "max_ood_samples", "noise_samples",
 )  # fmt: skip
-TRAIN_STATISTICS = ("train_features", "train_labels")
+TRAIN_STATISTICS = ("train_features", "train_labels", "train_layers")
 
 
 def evaluate(config: EvalConfig) -> list[MethodResult]:
@@ -79,6 +80,9 @@ def evaluate(config: EvalConfig) -> list[MethodResult]:
         "code_version": code_version(),
         "device": str(session.extractor.device),
         "num_images": {k: len(v) for k, v in session.datasets.items()},
+        # images this run put through the network for the feature cache (each at most once; 0 when
+        # every set was cached); network-level detectors run the network again on their own
+        "images_forwarded": session.extractor.images_forwarded,
     }
     results, fits = [], {}
     owners = original_files.owners([run.method for run in runs])
@@ -192,7 +196,8 @@ def _size_problems(config: EvalConfig, session) -> dict[str, str]:
     fc, out = session.fc, {}
     for run in config.detectors:
         detector = run.detector
-        num_train = len(session.train_dataset()) if "train_features" in detector.needs() else None
+        fits_on_training_set = set(detector.needs()) & {*TRAIN_STATISTICS, "train_images"}
+        num_train = len(session.train_dataset()) if fits_on_training_set else None
         problems = detector.check_sizes(fc.in_features, fc.out_features, num_train)
         if problems:
             subset = f" (--max-samples {config.max_samples} limits the training images)"
@@ -256,6 +261,8 @@ def _evaluate_one(config: EvalConfig, run, session, features: dict, base: dict, 
         "skipped_bad_images": skipped,
         "training_images": fit,
     }
+    if getattr(run.detector, "taps", ()):  # a multi-layer detector: the modules it read
+        settings["feature_layers"] = list(layer_choice(config)[0])
     run_dir = _run_dir(config, run, _run_key(config, run, session.model_key, files))
     previous = runs_store.read_run(run_dir) if (run_dir / "run.json").is_file() else {}
     settings["sets_scored"] = list(dict.fromkeys([*previous.get("sets_scored", []), *scores]))
@@ -313,6 +320,7 @@ def _run_key(config: EvalConfig, run, model_key: dict, files: dict) -> dict:
                 "max_ood_samples": config.max_ood_samples,
                 "noise_samples": config.noise_samples,
                 "benchmark": config.benchmark,
+                "layers": layer_choice(config)[0] if getattr(run.detector, "taps", ()) else None,
             }.items()
             if v is not None
         },
@@ -336,8 +344,16 @@ def _run_dir(config: EvalConfig, run, key: dict) -> Path:
 def _training_images(detector, stats, config: EvalConfig) -> dict | None:
     """How many training images the detector's fit used, and from where (None: no fit on data)."""
     needs = detector.needs()
-    if "train_features" in needs:
-        n = len(stats.get("train_features"))
+    if "train_images" in needs:  # a fit that runs the network on training images (AdaSCALE)
+        n = len(getattr(detector, "fit_features_", ()))
+        where = f"--max-samples {config.max_samples} subset" if config.max_samples else "training set"
+        return {
+            "count": n,
+            "source": f"images of the {where}, run through the network",
+            "max_samples": config.max_samples,
+        }
+    if set(needs) & set(TRAIN_STATISTICS):
+        n = len(stats.get("train_labels"))
         where = f"--max-samples {config.max_samples} subset" if config.max_samples else "training set"
         return {"count": n, "source": f"cached training features, {where}", "max_samples": config.max_samples}
     for name in ("contributions", "mean_feature"):
@@ -468,7 +484,8 @@ def _fit_and_score(run, session, features: dict):
     detector = run.detector
     if detector.kind == "network":
         try:
-            detector.fit(session.extractor.model, setup.input_std(session.transform))
+            stats = session.stats.for_detector(detector)  # training statistics, if it needs any
+            detector.fit(session.extractor.model, setup.input_std(session.transform), **stats)
         except ValueError as exc:  # a setting the network cannot take
             raise UserError(f"{run.method}: {exc}") from None
         scores, preds, labels, confidence = score_images(

@@ -43,6 +43,17 @@ def arch_arg(text: str) -> str:
 arch_arg.__name__ = "model"
 
 
+def layer_names_arg(text: str) -> tuple[str, ...]:
+    """argparse type of --feature-layers: comma-separated module names (dotted for deeper ones)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give module names, comma-separated, e.g. layer1,layer2")
+    return names
+
+
+layer_names_arg.__name__ = "module names"
+
+
 def add_run_args(
     parser: argparse.ArgumentParser, in_dataset_flags=("--in-dataset",), in_dataset_default="CIFAR-10"
 ) -> None:
@@ -215,6 +226,15 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base-dir", default="output/ood_scores", help="result directory (default: output/ood_scores)"
+    )
+    parser.add_argument(
+        "--feature-layers",
+        default=None,
+        type=layer_names_arg,
+        metavar="NAMES",
+        help="modules whose outputs the multi-layer detectors (gram, multi_mahalanobis, mds_ensemble, "
+        "nac_ue) read, comma-separated, e.g. layer1,layer2 (default: the architecture's stages, "
+        "densenet: block1,block2,block3; resnet50: layer1..layer4)",
     )
 
 
@@ -428,8 +448,15 @@ def flags_of(detector) -> list[str]:
         if param.is_switch:
             out += [flag] if value == param.const else []
         elif value is not None:
-            out += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            out += [flag, flag_value(value)]
     return out
+
+
+def flag_value(value) -> str:
+    """A parameter value as a flag takes it: 0.1, 50, a comma list for one value per layer."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(flag_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def method_choices() -> list[str]:

@@ -26,6 +26,7 @@ from util.data import IMG_EXTENSIONS
 from . import setup
 from .config import RunConfig
 from .flags import shown_flag
+from .layers import layers_line
 
 MUCH = 2.0  # crop / trained crop (or its inverse) from which the input "differs much"
 
@@ -38,6 +39,8 @@ def run_block(
     lines = [model_line(config, model), weights_line(config, model_key, checkpoint)]
     lines += input_lines(config, model_key, checkpoint)
     lines += [detector_line(config, *pair) for pair in detectors]
+    layers = layers_line(config, [detector for detector, _ in detectors])
+    lines += [layers] if layers else []
     noise = setup.noise_note(config, datasets or {})
     return lines + ([noise] if noise else [])
 

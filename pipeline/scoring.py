@@ -18,7 +18,8 @@ from util.io import row_blocks
 
 def score_cached(detector: Detector, features: dict) -> tuple[dict, dict]:
     """(scores, predictions) per set from the cached FeatureSets."""
-    return score_sets(detector, {key: fs.features for key, fs in features.items()})
+    layers = {key: fs.layers for key, fs in features.items()}
+    return score_sets(detector, {key: fs.features for key, fs in features.items()}, layers)
 
 
 def max_softmax(detector: Detector, features: np.ndarray, chunk: int = 8192) -> np.ndarray:

@@ -16,6 +16,7 @@ from util.features import FeatureExtractor
 
 from . import setup
 from .config import RunConfig
+from .layers import tap_spec
 from .run_block import print_run_block
 from .statistics import TrainingStatistics
 
@@ -74,11 +75,19 @@ def open_session(config: RunConfig, choose_sets: Callable) -> Session:
     # what will run, before any forward pass
     print_run_block(config, model, model_key, checkpoint, _detectors(config), datasets)
     extractor = setup.make_extractor(config, model, model_key)
+    # the layer statistics the multi-layer detectors read, filled in the same forward pass
+    extractor.set_taps(tap_spec(config, [detector for detector, _ in _detectors(config)]))
     tags = {key: setup.set_tag(config, key) for key in datasets}
     fc = model.get_classifier()
     session = Session(config, tf, datasets, names, model, model_key, checkpoint, fc, extractor, tags)
     session.stats = TrainingStatistics(
-        config, model_key, setup.num_classes(config), fc.in_features, session.extract_train, model=model
+        config,
+        model_key,
+        setup.num_classes(config),
+        fc.in_features,
+        session.extract_train,
+        model=model,
+        train_dataset=session.train_dataset,
     )
     return session
 

@@ -158,16 +158,26 @@ class TrainingStatistics:
     """The statistics of one run, each loaded (and checked) once, on first request.
 
     ``mean_feature`` and ``contributions`` come from files (``--feat-stat`` / ``--contrib`` or the
-    ones precompute.py wrote in the cache directory); ``train_features`` and ``train_labels`` from
-    the feature cache through ``extract_train`` (which runs the network only for a set not cached).
+    ones precompute.py wrote in the cache directory); ``train_features``, ``train_labels`` and
+    ``train_layers`` (the statistics of the tapped layers) from the feature cache through
+    ``extract_train`` (which runs the network only for a set not cached); ``train_images``, the
+    training set itself, for fits that run the network on its images (AdaSCALE).
     ``batchnorm`` (BATS) is read from the classifier: (beta, gamma) of its last BatchNorm layer with
     D channels. ``files`` records each file used: path, sha256 and provenance record.
     """
 
     def __init__(
-        self, config, model_key: dict, num_classes: int, feature_dim: int, extract_train, model=None
+        self,
+        config,
+        model_key: dict,
+        num_classes: int,
+        feature_dim: int,
+        extract_train,
+        model=None,
+        train_dataset=None,
     ):
         self.config = config
+        self.train_dataset = train_dataset  # () -> the ID training set, for ``train_images``
         self.model = model
         self.model_key = model_key
         self.num_classes = num_classes
@@ -178,9 +188,13 @@ class TrainingStatistics:
 
     def get(self, name: str):
         if name not in self._values:
-            if name in ("train_features", "train_labels"):
+            if name == "train_images":  # the training set itself, for fits that run the network
+                self._values[name] = self.train_dataset()
+            elif name in ("train_features", "train_labels", "train_layers"):
                 fs = self.extract_train()
-                self._values.update(train_features=fs.features, train_labels=fs.labels)
+                self._values.update(
+                    train_features=fs.features, train_labels=fs.labels, train_layers=fs.layers
+                )
             else:
                 self._values[name] = getattr(self, f"_load_{name}")()
         return self._values[name]

@@ -28,12 +28,14 @@ from detectors.base import score_features
 from util.datasets import OOD_SETS
 from util.errors import UserError
 from util.io import atomic_write_json
+from util.layer_taps import LayerArrays
 from util.metrics import auroc, fpr_at_95_tpr, ood_metrics
 from util.openood import get_benchmark
 from util.runtime import ensure_writable_dir
 
 from . import setup
 from .config import SweepConfig
+from .evaluate import TRAIN_STATISTICS
 from .runs import method_dir
 from .scoring import score_images
 from .session import open_session
@@ -288,7 +290,7 @@ def _grid_settings(config: SweepConfig, base, space: dict, session) -> list[dict
 def _settings_the_sizes_take(config: SweepConfig, base, settings: list[dict], session) -> list[dict]:
     """The grid's settings that D, C and the training images can take (``Detector.check_sizes``,
     known before any forward pass); each dropped one is said, and none left is an error."""
-    num_train = len(session.train_dataset()) if "train_features" in base.needs() else None
+    num_train = len(session.train_dataset()) if set(base.needs()) & set(TRAIN_STATISTICS) else None
     fc, kept = session.fc, []
     for setting in settings:
         problems = base.with_params(**setting).check_sizes(fc.in_features, fc.out_features, num_train)
@@ -306,12 +308,15 @@ def _scorer(config: SweepConfig, base, session):
     all sets stacked from the cache, refitting only when a setting changes what the fit depends on;
     network-level ones run the network on the images for each setting."""
     if base.kind == "network":
+        last_network = [base]
 
         def score_network(setting: dict) -> dict:
             try:
-                detector = base.with_params(**setting).fit(
-                    session.extractor.model, setup.input_std(session.transform)
-                )
+                detector = last_network[0].with_params(**setting)  # shares a fit its changes keep
+                if not detector.is_fitted:
+                    stats = session.stats.for_detector(detector)
+                    detector.fit(session.extractor.model, setup.input_std(session.transform), **stats)
+                last_network[0] = detector
             except ValueError as exc:
                 raise UserError(f"{config.method} {setting}: {exc}") from None
             return score_images(detector, session.datasets, session.extractor, session.tags)[0]
@@ -322,6 +327,8 @@ def _scorer(config: SweepConfig, base, session):
     features = session.extract_sets()
     stacked = np.concatenate([np.asarray(fs.features, dtype=np.float32) for fs in features.values()])
     bounds = dict(zip(features, np.cumsum([0, *(len(fs) for fs in features.values())])))
+    held = [fs.layers for fs in features.values()]
+    layers = LayerArrays.concatenate(held) if all(held) else None  # for multi-layer detectors
     last = [base]
 
     def score_features_of(setting: dict) -> dict:
@@ -330,7 +337,7 @@ def _scorer(config: SweepConfig, base, session):
             if not detector.is_fitted:
                 detector.fit(session.fc, **session.stats.for_detector(detector))
             last[0] = detector
-            scores, _ = score_features(detector, stacked)
+            scores, _ = score_features(detector, stacked, layers=layers)
         except ValueError as exc:
             raise UserError(f"{config.method} {setting}: {exc}") from None
         return {k: scores[bounds[k] : bounds[k] + len(fs)] for k, fs in features.items()}

@@ -8,7 +8,7 @@ from reference import eval_config
 
 import ood_eval
 from detectors import registry
-from detectors.base import init_params
+from detectors.base import init_params, shown_value
 from pipeline.flags import FLAG_ALIASES, detector_flags, flags_of
 from util.errors import UserError
 
@@ -83,11 +83,12 @@ def test_each_described_parameter_has_a_generated_flag_whose_help_shows_the_desc
     assert [p.name for p in cls.params] == [n for n in init_params(cls) if n in cls.param_help]
     for param in cls.params:
         generated = f"--{cls.name}-{param.name}".replace("_", "-")
-        assert param.flags[0] in (generated, generated.replace(f"--{cls.name}-", f"--{cls.name}-no-"))
+        prefix = f"--{cls.name}-".replace("_", "-")
+        assert param.flags[0] in (generated, generated.replace(prefix, f"{prefix}no-"))
         assert " ".join(cls.param_help[param.name].split()) in help_text
         for preset, values in cls.defaults.items():
             if param.name in values and values[param.name] != cls().get_params()[param.name]:
-                assert f"{preset}: {values[param.name]:g}" in param.help
+                assert f"{preset}: {shown_value(values[param.name])}" in param.help
 
 
 @pytest.mark.parametrize("cls", registry.DETECTORS, ids=lambda c: c.name)

@@ -122,7 +122,7 @@ def test_method_x_and_methods_x_give_identical_scores_and_results_keys_for_every
             assert (
                 np.load(a / "scores" / f"{key}.npy").tobytes()
                 == np.load(b / "scores" / f"{key}.npy").tobytes()
-            )
+            ), (name, key)
         ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
         assert set(ra) == set(rb) and set(ra["settings"]) == set(rb["settings"]), name
         assert set(ra["settings"]["detector"]) == set(rb["settings"]["detector"]), name

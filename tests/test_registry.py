@@ -12,13 +12,27 @@ from reference import eval_config
 
 import ood_eval
 from detectors import registry
-from detectors.base import init_params, score_features
+from detectors.base import LayerDetector, init_params, score_features
 from util.errors import UserError
+from util.layer_taps import LayerArrays
 
 C, D = 4, 12
 FEATURE_METHODS = [n for n in registry.method_names() if registry.lookup(n)[0].kind == "features"]
 # Neighbour counts that fit the 80 training features of the problem below.
 SMALL = {"knn": {"k": 3}, "nnguide": {"k": 3, "fraction": 0.5}, "temp_scaling": {"temperature": 1.5}}
+
+
+def layer_arrays(rng, n: int) -> LayerArrays:
+    """Statistics of three tapped layers of 5, 6 and 7 channels for n images (util.layer_taps kinds)."""
+    widths = (5, 6, 7)
+    return LayerArrays(
+        ("a", "b", "c"),
+        {
+            "pooled": tuple(rng.normal(size=(n, w)) for w in widths),
+            "gram": tuple(np.abs(rng.normal(size=(n, 10, w))) + 0.1 for w in widths),
+            "nac": tuple(rng.normal(size=(n, w)) for w in widths),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +51,7 @@ def problem():
             [(train[labels == c] * fc.weight[c].detach().numpy()).mean(0) for c in range(C)]
         ),
         "batchnorm": (train.mean(0).astype(np.float64), train.std(0).astype(np.float64)),
+        "train_layers": layer_arrays(rng, 80),
     }
     test = np.maximum(rng.normal(0.3, 1.2, (30, D)), 0).astype(np.float32)
     return fc, stats, test
@@ -54,7 +69,15 @@ def test_each_detector_declares_name_paper_params_defaults_and_search_space_of_i
     for fixed in cls.variants().values():
         assert set(fixed) <= params
     fit_args = list(inspect.signature(cls.fit).parameters)[2:]
-    statistics = ("train_features", "train_labels", "mean_feature", "contributions", "batchnorm")
+    statistics = (
+        "train_features",
+        "train_labels",
+        "train_layers",
+        "train_images",
+        "mean_feature",
+        "contributions",
+        "batchnorm",
+    )
     assert all(a in (*statistics, "input_std", "chunk") for a in fit_args)
 
 
@@ -86,7 +109,10 @@ def test_fit_leaves_the_parameters_as_set_and_stores_fitted_state_with_a_trailin
     detector.fit(fc, **{k: stats[k] for k in detector.needs()})
     assert detector.get_params() == before
     assert all(a.endswith("_") for a in set(vars(detector)) - attributes)
-    scores, preds = score_features(detector, test)
+    layers = (
+        layer_arrays(np.random.default_rng(2), len(test)) if isinstance(detector, LayerDetector) else None
+    )
+    scores, preds = score_features(detector, test, layers=layers)
     assert scores.shape == (30,) and np.isfinite(scores).all() and preds.shape == (30,)
 
 

@@ -116,12 +116,13 @@ def gathered_rounds(
 ):
     """(start, h, z, y) of every round of images [done, n), in dataset order, on every rank.
 
-    In round k rank r forwards batch k * world + r (``forward(images) -> (h, z)`` numpy arrays);
-    ``all_gather`` brings every rank's rows to every rank. ``dims`` = (D, C). Ranks that have no
-    batch left in the last round send padding that is cut off.
+    In round k rank r forwards batch k * world + r (``forward(images) -> (h, z, e)`` numpy arrays,
+    e the flat layer statistics or None); ``all_gather`` brings every rank's rows to every rank.
+    ``dims`` = (D, C, E). Ranks that have no batch left in the last round send padding that is cut
+    off. Yields (start, h, z, y, e), e None when E = 0.
     """
     n = len(dataset)
-    d, c = dims
+    d, c, e = dims
     world, me = world_size(), rank()
     mine = shard_batches(done, n, batch_size, world, me)
     loader = DataLoader(
@@ -135,13 +136,14 @@ def gathered_rounds(
     batches = iter(loader)
     for k in range(math.ceil((n - done) / (world * batch_size))):
         start = done + k * world * batch_size
-        rows = torch.zeros(batch_size, d + c, dtype=torch.float32, device=comm)
+        rows = torch.zeros(batch_size, d + c + e, dtype=torch.float32, device=comm)
         labels = torch.full((batch_size,), BAD_IMAGE_LABEL - 1, dtype=torch.int64, device=comm)
         if start + me * batch_size < n:
             images, targets = next(batches)
-            h, z = forward(images)
+            h, z, extras = forward(images)
             m = len(h)
-            rows[:m] = torch.from_numpy(np.concatenate([h, z], axis=1)).to(comm)
+            parts = [h, z] if extras is None else [h, z, extras]
+            rows[:m] = torch.from_numpy(np.concatenate(parts, axis=1)).to(comm)
             labels[:m] = targets.to(comm)
         all_rows = [torch.empty_like(rows) for _ in range(world)]
         all_labels = [torch.empty_like(labels) for _ in range(world)]
@@ -150,4 +152,4 @@ def gathered_rounds(
         stop = min(start + world * batch_size, n)
         block = torch.cat(all_rows).cpu().numpy()[: stop - start]
         y = torch.cat(all_labels).cpu().numpy()[: stop - start]
-        yield start, block[:, :d], block[:, d:], y
+        yield start, block[:, :d], block[:, d : d + c], y, (block[:, d + c :] if e else None)

@@ -40,6 +40,7 @@ from util.data import BAD_IMAGE_LABEL, image_path, why_unreadable
 from util.devices import AUTOCAST_DTYPES, check_device, check_precision, default_device
 from util.errors import UserError
 from util.io import atomic_write_json, sha256_json
+from util.layer_taps import LayerArrays, LayerTaps, TapSpec, split_rows
 
 CACHE_VERSION = 1
 CPU_MICRO_BATCH = 16
@@ -55,6 +56,7 @@ class FeatureSet:
     path: Path
     from_cache: bool
     skipped: list[str] = field(default_factory=list)  # unreadable image files left out
+    layers: LayerArrays | None = None  # statistics of intermediate layers (util.layer_taps), if held
 
     @property
     def requested(self) -> int:
@@ -72,35 +74,66 @@ def _transform_repr(dataset: Dataset) -> str:
     return repr(t)
 
 
-def _open_arrays(folder: Path, n: int, d: int, c: int, mode: str):
+def _open_arrays(folder: Path, n: int, d: int, c: int, mode: str, taps: dict | None = None):
+    """features, logits, labels and, with ``taps`` (an entry's taps record), one array per layer
+    statistic (``layer{i}_{kind}.npy``), memory-mapped."""
     open_memmap = np.lib.format.open_memmap
-    return (
+    arrays = [
         open_memmap(folder / "features.npy", mode=mode, dtype=np.float32, shape=(n, d)),
         open_memmap(folder / "logits.npy", mode=mode, dtype=np.float32, shape=(n, c)),
         open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(n,)),
-    )
+    ]
+    for stem, shape in (taps or {}).get("shapes", {}).items():
+        arrays.append(open_memmap(folder / f"{stem}.npy", mode=mode, dtype=np.float32, shape=(n, *shape)))
+    return tuple(arrays)
+
+
+def taps_record(spec: TapSpec, shapes: list[tuple[int, ...]]) -> dict:
+    """What an entry's meta.json says of its layer statistics: the spec and each array's row shape."""
+    stems = [stem for _, _, stem in spec.array_names()]
+    return {**spec.as_dict(), "shapes": {stem: list(shape) for stem, shape in zip(stems, shapes)}}
+
+
+def held_layers(entry: Path, meta: dict, n: int) -> LayerArrays | None:
+    """The layer statistics an entry holds (memory-mapped), or None."""
+    record = meta.get("taps")
+    spec = TapSpec.from_dict(record)
+    if spec is None:
+        return None
+    arrays: dict[str, list] = {kind: [] for kind in spec.kinds}
+    for kind, _, stem in spec.array_names():
+        arrays[kind].append(np.load(entry / f"{stem}.npy", mmap_mode="r"))
+    return LayerArrays(spec.layers, {k: tuple(v) for k, v in arrays.items()})
 
 
 class PartialEntry:
     """An entry being written: memory-mapped arrays, the complete leading rows, and finalisation."""
 
-    def __init__(self, entry: Path, key: dict, n: int, d: int, c: int, done: int, arrays):
+    def __init__(self, entry: Path, key: dict, n: int, d: int, c: int, done: int, arrays, taps=None):
         self.entry, self.key, self.n, self.d, self.c = entry, key, n, d, c
         self.folder = entry.with_name(entry.name + ".partial")
         self.done = done
         self.arrays = arrays
+        self.taps = taps  # the taps record (taps_record) of the layer arrays after the first three
 
-    def write(self, start: int, h: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
+    def write(
+        self, start: int, h: np.ndarray, z: np.ndarray, y: np.ndarray, e: np.ndarray | None = None
+    ) -> None:
         stop = start + len(y)
         self.arrays[0][start:stop] = h
         self.arrays[1][start:stop] = z
         self.arrays[2][start:stop] = y
+        if self.taps:
+            shapes = [tuple(s) for s in self.taps["shapes"].values()]
+            for array, rows in zip(self.arrays[3:], split_rows(e, shapes)):
+                array[start:stop] = rows
         self.done = stop
 
     def save_progress(self) -> None:
         for a in self.arrays:
             a.flush()
-        atomic_write_json(self.folder / "progress.json", {"key": self.key, "n": self.n, "done": self.done})
+        record = {"key": self.key, "n": self.n, "done": self.done, "taps": self.taps}
+        atomic_write_json(self.folder / "progress.json", record)
 
     def finalise(self) -> None:
         """meta.json written last, then the folder renamed to the entry's final name."""
@@ -108,6 +141,8 @@ class PartialEntry:
             a.flush()
         self.arrays = None
         meta = {**self.key, "n": self.n, "feature_dim": self.d, "classes": self.c}
+        if self.taps:
+            meta["taps"] = self.taps
         atomic_write_json(self.folder / "meta.json", meta)
         (self.folder / "progress.json").unlink()
         if self.entry.exists():
@@ -122,6 +157,9 @@ class FeatureCache:
         self.root = Path(root)
         self.model_key = model_key
         self._keys: dict[int, tuple[Dataset, dict]] = {}
+        # Layer statistics the entries must hold (util.layer_taps); they are not part of the key,
+        # so an entry without them stays valid for runs that need none.
+        self.taps: TapSpec | None = None
 
     def key(self, dataset: Dataset) -> dict:
         """What produced an entry of ``dataset``; the dataset is fingerprinted once."""
@@ -180,31 +218,79 @@ class FeatureCache:
                 return f"has no readable {name}"
             if got != shape:
                 return f"holds {name} of shape {got}, expected {shape}"
+        return self._layers_problem(entry, meta, n)
+
+    def _layers_problem(self, entry: Path, meta: dict, n: int) -> str | None:
+        """None when the entry holds the layer statistics ``self.taps`` asks for, else what is missing."""
+        if self.taps is None:
+            return None
+        held = TapSpec.from_dict(meta.get("taps"))
+        if not self.taps.covered_by(held):
+            return (
+                f"holds no {'/'.join(self.taps.kinds)} statistics of the layers "
+                f"{', '.join(self.taps.layers)} (--feature-layers)"
+            )
+        for stem, shape in meta["taps"].get("shapes", {}).items():
+            try:
+                got = np.load(entry / f"{stem}.npy", mmap_mode="r").shape
+            except (OSError, ValueError):
+                return f"has no readable {stem}.npy"
+            if got != (n, *shape):
+                return f"holds {stem}.npy of shape {got}, expected {(n, *shape)}"
         return None
+
+    def taps_to_write(self, dataset: Dataset, tag: str) -> TapSpec | None:
+        """The layer statistics a recomputed entry gets: those asked for, plus the kinds the old entry
+        held of the same layers (so recomputing for one kind does not drop another)."""
+        if self.taps is None:
+            return None
+        try:
+            meta = json.loads((self.entry(dataset, tag) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return self.taps
+        held = TapSpec.from_dict(meta.get("taps"))
+        if held is None or held.layers != self.taps.layers:
+            return self.taps
+        return TapSpec(self.taps.layers, tuple(dict.fromkeys([*held.kinds, *self.taps.kinds])))
 
     def load(
         self, dataset: Dataset, tag: str, from_cache: bool = True, entry: Path | None = None
     ) -> FeatureSet:
         entry = entry or self.entry(dataset, tag)
+        labels = np.load(entry / "labels.npy")
+        layers = None
+        if self.taps is not None:
+            layers = held_layers(entry, json.loads((entry / "meta.json").read_text()), len(labels))
         return FeatureSet(
             features=np.load(entry / "features.npy", mmap_mode="r"),
             logits=np.load(entry / "logits.npy", mmap_mode="r"),
-            labels=np.load(entry / "labels.npy"),
+            labels=labels,
             path=entry,
             from_cache=from_cache,
+            layers=layers,
         )
 
     def discard(self, dataset: Dataset, tag: str, why: str) -> None:
+        """Removes the entry of ``dataset`` before it is recomputed, said with ``why``; an entry that
+        lacks only layer statistics stays until its replacement is complete."""
         entry = self.entry(dataset, tag)
-        if entry.exists():
-            print(f"cache entry {entry} {why}; recomputing it")
-            shutil.rmtree(entry)
+        if not entry.exists():
+            return
+        asked, self.taps = self.taps, None
+        complete_without_layers = self._entry_problem(entry, dataset) is None
+        self.taps = asked
+        if complete_without_layers:
+            print(f"cache entry {entry} {why}; recomputing it with them (it stays until that is complete)")
+            return
+        print(f"cache entry {entry} {why}; recomputing it")
+        shutil.rmtree(entry)
 
-    def bytes_needed(self, dataset: Dataset, tag: str, d: int, c: int) -> int:
-        """Disk bytes the arrays of ``dataset`` will take (0 when already cached)."""
-        if (self.entry(dataset, tag) / "meta.json").is_file():
+    def bytes_needed(self, dataset: Dataset, tag: str, d: int, c: int, e: int = 0) -> int:
+        """Disk bytes the arrays of ``dataset`` will take (0 when already cached); ``e``: the
+        values of layer statistics per image."""
+        if self.problem(dataset, tag) is None:
             return 0
-        return len(dataset) * ((d + c) * 4 + 8)
+        return len(dataset) * ((d + c + e) * 4 + 8)
 
     def require_space(self, needed: int, what: str) -> None:
         """UserError before any work when the cache directory has less than ``needed`` bytes free."""
@@ -216,9 +302,12 @@ class FeatureCache:
                 f"needs {_size(needed)}, {_size(free)} free. Free some space or pass another --cache-dir."
             )
 
-    def open_partial(self, dataset: Dataset, tag: str, d: int, c: int) -> PartialEntry:
+    def open_partial(
+        self, dataset: Dataset, tag: str, d: int, c: int, taps: dict | None = None
+    ) -> PartialEntry:
         """The entry's partial arrays, resumed after its complete leading rows when a progress
-        record for the same key and size exists (else started from zero)."""
+        record for the same key, size and layer statistics (``taps``, a ``taps_record``) exists
+        (else started from zero)."""
         entry, key, n = self.entry(dataset, tag), self.key(dataset), len(dataset)
         folder = entry.with_name(entry.name + ".partial")
         done = 0
@@ -227,20 +316,22 @@ class FeatureCache:
                 progress = json.loads((folder / "progress.json").read_text())
             except ValueError:
                 progress = {}
-            if progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n:
+            same = progress.get("key") == json.loads(json.dumps(key)) and progress.get("n") == n
+            if same and progress.get("taps") == json.loads(json.dumps(taps)):
                 done = int(progress["done"])
             else:
                 shutil.rmtree(folder)
-        self.require_space((n - done) * ((d + c) * 4 + 8), entry.name)
+        e = sum(int(np.prod(s)) for s in (taps or {}).get("shapes", {}).values())
+        self.require_space((n - done) * ((d + c + e) * 4 + 8), entry.name)
         if done == 0:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            arrays = _open_arrays(folder, n, d, c, "w+")
-            atomic_write_json(folder / "progress.json", {"key": key, "n": n, "done": 0})
+            arrays = _open_arrays(folder, n, d, c, "w+", taps)
+            atomic_write_json(folder / "progress.json", {"key": key, "n": n, "done": 0, "taps": taps})
         else:
-            arrays = _open_arrays(folder, n, d, c, "r+")
+            arrays = _open_arrays(folder, n, d, c, "r+", taps)
             print(f"resuming {entry.name}: {done} of {n} images already extracted")
-        return PartialEntry(entry, key, n, d, c, done, arrays)
+        return PartialEntry(entry, key, n, d, c, done, arrays, taps)
 
 
 class FeatureExtractor:
@@ -278,6 +369,8 @@ class FeatureExtractor:
         self.skip_bad_images = skip_bad_images
         self.skipped: dict[str, list[str]] = {}  # tag -> unreadable files skipped
         self.progress_seconds = float(os.environ.get("LINE_PROGRESS_SECONDS", "30"))
+        self.taps: TapSpec | None = None  # layer statistics to fill in the same pass (set_taps)
+        self._channels: list[int] | None = None
         if self.device.type == "cuda":
             # Same command, same bits: no autotuned (run-dependent) convolution algorithms.
             torch.backends.cudnn.benchmark = False
@@ -286,8 +379,34 @@ class FeatureExtractor:
                 torch.backends.cudnn.allow_tf32 = False
                 torch.backends.cuda.matmul.allow_tf32 = False
 
+    def set_taps(self, taps: TapSpec | None) -> None:
+        """Fill (and require) the layer statistics ``taps`` in every entry from now on; the modules
+        are looked up now, so a wrong name is an error before any image is read."""
+        if taps is not None:
+            LayerTaps(self.model, taps)
+        self.taps = self.cache.taps = taps
+        self._channels = None
+
+    def layer_channels(self, dataset: Dataset) -> list[int]:
+        """Channels C_l of each tapped layer, from one forward pass of a zero image shaped like the
+        dataset's first (a probe, not an image of the set, so not counted)."""
+        if self._channels is None:
+            probe = torch.zeros(1, *dataset[0][0].shape, device=self.device)
+            with torch.inference_mode(), LayerTaps(self.model, self.taps) as taps:
+                self.model.forward_features(probe)
+                self._channels = taps.channels()
+        return self._channels
+
+    def _taps_record(self, dataset: Dataset, spec: TapSpec | None) -> dict | None:
+        if spec is None:
+            return None
+        with LayerTaps(self.model, spec) as taps:
+            return taps_record(spec, taps.row_shapes(self.layer_channels(dataset)))
+
     def bytes_needed(self, dataset: Dataset, tag: str) -> int:
-        return self.cache.bytes_needed(dataset, tag, self.fc.in_features, self.fc.out_features)
+        record = self._taps_record(dataset, self.taps)
+        e = sum(int(np.prod(s)) for s in (record or {}).get("shapes", {}).values())
+        return self.cache.bytes_needed(dataset, tag, self.fc.in_features, self.fc.out_features, e)
 
     def require_space(self, needed: int, what: str) -> None:
         self.cache.require_space(needed, what)
@@ -309,9 +428,10 @@ class FeatureExtractor:
             if twin is not None:  # the same images cached under another tag: no forward pass
                 return self._drop_bad_images(self.cache.load(dataset, tag, entry=twin), dataset, tag)
         if problem is not None:
+            spec = self.cache.taps_to_write(dataset, tag) if main else None  # before the old entry goes
             if main:
                 self.cache.discard(dataset, tag, problem)
-            self._fill(dataset, tag)
+            self._fill(dataset, tag, spec)
         if not main:
             return None
         return self._drop_bad_images(self.cache.load(dataset, tag, from_cache=problem is None), dataset, tag)
@@ -330,16 +450,20 @@ class FeatureExtractor:
             labels=np.asarray(fs.labels[indices]),
             path=fs.path,
             from_cache=True,
+            layers=fs.layers.rows(indices) if fs.layers is not None else None,
         )
 
-    def _fill(self, dataset: Dataset, tag: str) -> None:
+    def _fill(self, dataset: Dataset, tag: str, spec: TapSpec | None = None) -> None:
         """The writer loop: blocks of (start, features, logits, labels) in dataset order, written by
-        rank 0 with progress saved as it goes; the same loop for one process and for torchrun."""
+        rank 0 with progress saved as it goes; the same loop for one process and for torchrun. ``spec``:
+        the layer statistics filled in the same pass (None: none)."""
         d, c, n = self.fc.in_features, self.fc.out_features, len(dataset)
+        spec = distributed.broadcast(spec) if distributed.active() else spec
+        record = self._taps_record(dataset, spec)
         partial, done, error = None, 0, None
         if distributed.is_main():
             try:
-                partial = self.cache.open_partial(dataset, tag, d, c)
+                partial = self.cache.open_partial(dataset, tag, d, c, record)
                 done = partial.done
             except UserError as exc:  # disk space, ...: under torchrun every rank must stop
                 error = str(exc)
@@ -357,16 +481,17 @@ class FeatureExtractor:
             dynamic_ncols=True,
         )
         last_save = time.monotonic()
+        grads = spec is not None and spec.needs_grad  # NAC's statistics need a backward pass
         try:
-            with torch.inference_mode():
-                for start, h, z, y in self._blocks(dataset, done):
+            with torch.inference_mode(not grads), LayerTaps.maybe(self.model, spec) as taps:
+                for start, h, z, y, e in self._blocks(dataset, done, taps, record):
                     bad = np.flatnonzero(y == BAD_IMAGE_LABEL)
                     if len(bad) and not self.skip_bad_images:  # under torchrun every rank sees it
                         raise UserError(
                             bad_image_message([image_path(dataset, start + int(i)) for i in bad], n)
                         )
                     if partial is not None:
-                        partial.write(start, h, z, y)
+                        partial.write(start, h, z, y, e)
                         if time.monotonic() - last_save >= self.progress_seconds:
                             partial.save_progress()
                             last_save = time.monotonic()
@@ -383,19 +508,21 @@ class FeatureExtractor:
         if distributed.active():
             distributed.barrier()
 
-    def _blocks(self, dataset: Dataset, done: int):
-        """(start, h, z, y) of the images [done, n) in order: this process's batches, or under
-        torchrun the rounds every process forwards a batch of and all gather."""
+    def _blocks(self, dataset: Dataset, done: int, taps: LayerTaps | None = None, record: dict | None = None):
+        """(start, h, z, y, e) of the images [done, n) in order (e: the flat layer statistics of
+        ``taps``, or None): this process's batches, or under torchrun the rounds every process
+        forwards a batch of and all gather."""
         pin = self.device.type == "cuda"
         if distributed.active():
+            e = sum(int(np.prod(s)) for s in (record or {}).get("shapes", {}).values())
             yield from distributed.gathered_rounds(
-                self._counted_forward,
+                lambda images: self._counted_forward(images, taps),
                 dataset,
                 done,
                 self.batch_size,
                 self.num_workers,
                 pin,
-                (self.fc.in_features, self.fc.out_features),
+                (self.fc.in_features, self.fc.out_features, e),
                 self.device,
             )
             return
@@ -405,14 +532,14 @@ class FeatureExtractor:
         )
         start = done
         for images, targets in loader:
-            h, z = self._counted_forward(images)
-            yield start, h, z, targets.numpy()
+            h, z, e = self._counted_forward(images, taps)
+            yield start, h, z, targets.numpy(), e
             start += len(targets)
 
-    def _counted_forward(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        h, z = self.forward(images)
+    def _counted_forward(self, images: torch.Tensor, taps: LayerTaps | None = None):
+        h, z, e = self.forward(images, taps)
         self.images_forwarded += len(h)
-        return h, z
+        return h, z, e
 
     def _drop_bad_images(self, fs: FeatureSet, dataset: Dataset, tag: str) -> FeatureSet:
         """Unreadable images (label BAD_IMAGE_LABEL): an error naming them, or dropped when skipping."""
@@ -432,10 +559,12 @@ class FeatureExtractor:
             path=fs.path,
             from_cache=fs.from_cache,
             skipped=files,
+            layers=fs.layers.rows(keep) if fs.layers is not None else None,
         )
 
-    def forward(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Features and logits of one batch, as float32 numpy arrays."""
+    def forward(self, images: torch.Tensor, taps: LayerTaps | None = None):
+        """Features, logits and (with ``taps``) the flat layer statistics of one batch, as float32
+        numpy arrays (the last None without taps)."""
         x = images.to(self.device, non_blocking=True)
         if self.device.type in ("cpu", "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -443,16 +572,20 @@ class FeatureExtractor:
         # fast at 16 images per call as at 256 (benchmarks/bench_extraction.py). Samples are
         # independent in eval mode, so the split does not change what is computed.
         step = CPU_MICRO_BATCH if self.device.type == "cpu" else len(x)
-        parts = []
+        parts, extras = [], []
         for chunk in x.split(max(step, 1)):
             if self.precision == "fp32":
                 parts.append(self.model.forward_features(chunk).float())
             else:
                 with torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
                     parts.append(self.model.forward_features(chunk).float())
+            if taps is not None:  # the layer outputs of this chunk, reduced before the next one
+                extras.append(taps.reduce(self.fc(parts[-1])))
+                parts[-1] = parts[-1].detach()
         h = torch.cat(parts)
         z = self.fc(h)
-        return h.cpu().numpy(), z.float().cpu().numpy()
+        e = torch.cat(extras).cpu().numpy() if extras else None
+        return h.cpu().numpy(), z.detach().float().cpu().numpy(), e
 
 
 def bad_image_message(files: list[str], n: int) -> str:

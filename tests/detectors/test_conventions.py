@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detectors import NotFittedError, registry
-from detectors.base import init_params, score_features
+from detectors.base import LayerDetector, init_params, score_features
 
 PRESETS = ("CIFAR-10", "CIFAR-100", "imagenet")
 D = 12
@@ -50,6 +50,9 @@ def test_scoring_before_fit_is_a_not_fitted_error_naming_the_fit(cls):
     assert detector.fit_call().startswith("fit(model" if cls.kind == "network" else "fit(fc")
     if cls.kind == "network":
         calls = [lambda: detector.score_images(torch.zeros(2, 3, 32, 32))]
+    elif isinstance(detector, LayerDetector):
+        layers = {kind: [torch.zeros(2, 4, 10)] for kind in detector.taps}
+        calls = [lambda: detector.score_layers(torch.zeros(2, D), layers)]
     else:
         h = np.abs(np.random.default_rng(0).normal(size=(5, D))).astype(np.float32)
         calls = [
