@@ -186,3 +186,10 @@ def test_an_interrupted_recompute_for_layers_keeps_the_complete_entry(tmp_path, 
     ex.set_taps(None)
     assert ex.cache.problem(images(), "train") is None
     assert np.array_equal(ex.extract(images(), "train").features, before.features)
+
+
+def test_concatenated_sets_keep_the_kinds_every_set_holds():
+    a = LayerArrays(("x",), {"pooled": (np.zeros((2, 3)),), "gram": (np.zeros((2, 10, 3)),)})
+    b = LayerArrays(("x",), {"pooled": (np.ones((4, 3)),)})
+    both = LayerArrays.concatenate([a, b])
+    assert set(both.arrays) == {"pooled"} and both.arrays["pooled"][0].shape == (6, 3)

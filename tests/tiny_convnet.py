@@ -44,6 +44,27 @@ class TinyConvNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
+class PooledConvNet(nn.Module):
+    """conv -> relu -> global average pool (D = ``channels``) -> linear (C = ``classes``), float64:
+    the smallest network with an input gradient, for the network-level detectors' references."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, channels, 3)
+        self.fc = nn.Linear(channels, classes)
+        self.double().eval()
+
+    def forward_features(self, x):
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))
+
+
 def images(n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(0, 1, (n, 3, 8, 8)).astype(np.float32))
 

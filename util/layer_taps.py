@@ -124,14 +124,13 @@ class LayerArrays:
 
     @classmethod
     def concatenate(cls, parts: list[LayerArrays]) -> LayerArrays:
-        """The rows of ``parts`` (same layers and kinds) one after another, in memory."""
-        kinds = parts[0].arrays
+        """The rows of ``parts`` (same layers) one after another, in memory, of the kinds they all
+        hold (one cache entry may hold more kinds than another)."""
+        kinds = [k for k in parts[0].arrays if all(k in p.arrays for p in parts)]
+        layers = range(len(parts[0].names))
         return cls(
             parts[0].names,
-            {
-                k: tuple(np.concatenate([p.arrays[k][i] for p in parts]) for i in range(len(v)))
-                for k, v in kinds.items()
-            },
+            {k: tuple(np.concatenate([p.arrays[k][i] for p in parts]) for i in layers) for k in kinds},
         )
 
     def rows(self, index) -> LayerArrays:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from reference import logsumexp
-from torch import nn
+from tiny_convnet import PooledConvNet
 from torch.utils.data import DataLoader, Dataset
 
 from detectors import SCALE, AdaSCALE, NotFittedError, registry
@@ -15,26 +15,6 @@ from util.data import BAD_IMAGE_LABEL
 
 D, C = 120, 7  # D >= 100, so that k2 = 1% is one entry as in OpenOOD's int(D * 1 / 100)
 STD = (0.2, 0.25, 0.3)
-
-
-class TinyConvNet(nn.Module):
-    """conv -> relu -> global average pool (D) -> linear (C), float64."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, D, 3)
-        self.fc = nn.Linear(D, C)
-        self.double().eval()
-
-    def forward_features(self, x):
-        return torch.relu(self.conv(x)).mean(dim=(2, 3))
-
-    def get_classifier(self):
-        return self.fc
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x))
 
 
 class Images(Dataset):
@@ -54,7 +34,7 @@ class Images(Dataset):
 
 @pytest.fixture(scope="module")
 def net():
-    return TinyConvNet()
+    return PooledConvNet(D, C)
 
 
 @pytest.fixture(scope="module")

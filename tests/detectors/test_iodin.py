@@ -3,32 +3,12 @@
 import numpy as np
 import torch
 from reference import softmax
-from torch import nn
+from tiny_convnet import PooledConvNet
 
 from detectors import IODIN, ODIN, registry
 from detectors.iodin import top_gradient_mask
 
 STD = (0.2, 0.25, 0.3)
-
-
-class TinyConvNet(nn.Module):
-    """conv -> relu -> global average pool (D = 16) -> linear (C = 4), float64."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 16, 3)
-        self.fc = nn.Linear(16, 4)
-        self.double().eval()
-
-    def forward_features(self, x):
-        return torch.relu(self.conv(x)).mean(dim=(2, 3))
-
-    def get_classifier(self):
-        return self.fc
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x))
 
 
 def images(n=6, seed=1):
@@ -58,7 +38,7 @@ def reference_scores(net, x, temperature, noise, only_top):
 
 
 def test_iodin_steps_only_the_entry_of_largest_gradient_and_scores_the_max_tempered_softmax():
-    net, x = TinyConvNet(), images()
+    net, x = PooledConvNet(16, 4), images()
     for temperature, noise in ((1000.0, 0.0014), (10.0, 0.05)):
         detector = IODIN(temperature, noise).fit(net, STD)
         scores, logits = detector.score_images(x)
@@ -68,7 +48,7 @@ def test_iodin_steps_only_the_entry_of_largest_gradient_and_scores_the_max_tempe
 
 
 def test_odin_still_steps_every_entry():
-    net, x = TinyConvNet(), images()
+    net, x = PooledConvNet(16, 4), images()
     scores, _ = ODIN(10.0, 0.05).fit(net, STD).score_images(x)
     np.testing.assert_allclose(
         scores.numpy(), reference_scores(net, x, 10.0, 0.05, only_top=False), rtol=1e-12
@@ -76,7 +56,7 @@ def test_odin_still_steps_every_entry():
 
 
 def test_iodin_and_odin_differ_when_the_step_is_large():
-    net, x = TinyConvNet(), images()
+    net, x = PooledConvNet(16, 4), images()
     iodin, _ = IODIN(10.0, 0.05).fit(net, STD).score_images(x)
     odin, _ = ODIN(10.0, 0.05).fit(net, STD).score_images(x)
     assert not np.allclose(iodin.numpy(), odin.numpy())
