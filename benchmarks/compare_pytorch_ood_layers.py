@@ -8,18 +8,20 @@ and scored with ``score_with_model``; pytorch-ood's detectors run on the same ne
 labels. pytorch-ood returns outlier scores, ours ID scores. Each line gives the relation expected
 per image (ours = r x theirs), the range of ours / theirs, and the largest absolute and relative
 difference |ours - r theirs| (relative to |r theirs|, per image). Where the two differ by design,
-a second line reproduces the difference: pytorch-ood changed (Gram rows in float64, the authors'
-NAC bins, our precision) or ours (its 1e-6 ridge, its NAC pooling).
+further lines reproduce the difference: pytorch-ood changed (Gram rows in float64, the authors'
+NAC bins instead of its geometric ones, a float64 run) or ours (its 1e-6 ridge, its NAC pooling,
+float32 NAC states).
 
     pip install --no-deps pytorch-ood==0.4.0      # pure Python; uses the torch already installed
     python benchmarks/compare_pytorch_ood_layers.py [--ptood /path/holding/pytorch_ood]
 
-CPU only, single-threaded, deterministic; about a minute.
+CPU only, single-threaded, deterministic; a few seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import inspect
 import logging
@@ -33,8 +35,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import detectors.mahalanobis_odin as ours_odin  # noqa: E402
 import detectors.multi_mahalanobis as ours_mmd  # noqa: E402
-from detectors import Gram, MahalanobisODIN, MultiMahalanobis, NACUE  # noqa: E402
+import detectors.nac_ue as nac_ue  # noqa: E402
+from detectors import NACUE, Gram, MahalanobisODIN, MultiMahalanobis  # noqa: E402
 from detectors.from_loader import fit_loader, score_with_model  # noqa: E402
 from detectors.gram import class_permutations  # noqa: E402
 from detectors.nac_ue import thresholds  # noqa: E402
@@ -48,8 +52,8 @@ ONE_BY_ONE = ("pool", "mlp")  # (B, C, 1, 1) outputs: after the global pooling
 
 class TinyNet(nn.Sequential):
     """conv1 -> block1 (ReLU, strided conv) -> block2 (ReLU, conv, ReLU) -> pool (global mean,
-    1x1) -> mlp (1x1 conv, its bias raised by 0.2, ReLU) -> flat (h) -> fc; a Sequential so that pytorch-ood's detectors,
-    which run lists of consecutive modules, see the same net."""
+    1x1) -> mlp (1x1 conv, bias raised by 0.2, ReLU) -> flat (h) -> fc; a Sequential so that
+    pytorch-ood's detectors, which run lists of consecutive modules, see the same net."""
 
     def __init__(self, classes: int = CLASSES, seed: int = 0):
         torch.manual_seed(seed)
@@ -123,7 +127,7 @@ def report(label: str, relation: str, ours, expected, extra: str = "") -> None:
     ratio = ratio[np.isfinite(ratio)]
     span = f"[{ratio.min():.7g}, {ratio.max():.7g}]" if ratio.size else "[-]"
     print(
-        f"{label:<58} {relation:<22} ours/(r theirs) in {span:<26} max abs {diff.max():.2e}, "
+        f"{label:<70} {relation:<14} ours/(r theirs) in {span:<26} max abs {diff.max():.2e}, "
         f"max rel {rel.max():.2e}{'; ' + extra if extra else ''}"
     )
 
@@ -158,7 +162,7 @@ def compare_gram(pod, net, loader, labels, test, powers: int, float64_rows: bool
             net.part("pool", "fc"), [net.conv1, net.block1, net.block2], CLASSES, list(range(1, powers + 1))
         )
         theirs = theirs_det.fit(loader).predict(test).double().numpy()
-    label = f"gram P={powers}" + (" (theirs: Gram rows in float64)" if float64_rows else " (theirs: float32)")
+    label = f"gram P={powers}" + (" (theirs: Gram rows in float64)" if float64_rows else "")
     report(label, "r = -1/MSP", ours, -theirs / msp)
 
 
@@ -182,6 +186,18 @@ def theirs_nac(pod, net, layers, loader, test, setting, bins_authors: bool) -> n
         return det.predict(test).double().numpy()
 
 
+class Float32Sigmoid:
+    """``torch`` for detectors.nac_ue with its sigmoid rounded to float32, as pytorch-ood's states
+    (alpha v is the same in both: a float64 product of two float32 numbers is exact)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def sigmoid(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x.float()).double()
+
+
 def mean_of_products():
     """util.layer_taps' ``nac`` kind as pytorch-ood pools: the mean over positions of z * dKL/dz."""
     kind = layer_taps.TapKind(lambda z, g: layer_taps.pooled(z * g), lambda c: (c,), needs_grad=True)
@@ -198,34 +214,43 @@ def patched_item(mapping: dict, key, value):
         mapping[key] = old
 
 
-def compare_nac(pod, net, loader, test, setting) -> None:
-    """NAC-UE, one (alpha, M, O*) for all layers, every training image (balanced labels): ours is
-    the mean over the L = 3 layers, theirs minus the sum: ours = -theirs / 3."""
-    alpha, m, o_star = setting
-    name = f"nac_ue alpha={alpha:g} M={m} O*={o_star}"
+def per_layer_text(value) -> str:
+    return "/".join(f"{v:g}" for v in np.atleast_1d(value))
 
-    def ours_on(layers):
+
+def compare_nac(pod, net, loader, test, setting) -> None:
+    """NAC-UE on two tapped layers and h, every training image (balanced labels): ours is the mean
+    over the L = 3 layers, theirs minus the sum: ours = -theirs / 3. On 1x1 taps both poolings of
+    z * dKL/dz coincide; on conv1, block1 ours is (sum z)(sum dKL/dz), theirs the mean of z * dKL/dz.
+    Their states are float32 (a state within ~1e-7 of an edge may fall in the next bin)."""
+    alpha, m, o_star = setting  # each one value, or one per layer (2 tapped, then h)
+    name = "nac_ue " + " ".join(f"{k}={per_layer_text(v)}" for k, v in zip(("alpha", "M", "O*"), setting))
+
+    def ours_on(layers, float32_states=False):
         det = NACUE(alpha=alpha, bins=m, o_star=o_star, train_images=TRAIN)
-        return ours_scores(det, net, loader, test, layers)[0]
+        with patched(nac_ue, "torch", Float32Sigmoid() if float32_states else torch):
+            return ours_scores(det, net, loader, test, layers)[0]
 
     ours = ours_on(ONE_BY_ONE)
     theirs = theirs_nac(pod, net, ONE_BY_ONE, loader, test, setting, bins_authors=True)
-    report(f"{name}: 1x1 taps, theirs with authors' bins", "r = -1/3", ours, -theirs / 3)
+    report(f"{name}, 1x1 taps: theirs, authors' bins", "r = -1/3", ours, -theirs / 3)
+    ours32 = ours_on(ONE_BY_ONE, float32_states=True)
+    report(f"{name}, 1x1 taps: ours f32 states, authors' bins", "r = -1/3", ours32, -theirs / 3)
     geometric = theirs_nac(pod, net, ONE_BY_ONE, loader, test, setting, bins_authors=False)
     report(
-        f"{name}: 1x1 taps, theirs geometric bins", "r = -1/3", ours, -geometric / 3,
+        f"{name}, 1x1 taps: theirs geometric bins", "r = -1/3", ours, -geometric / 3,
         f"Spearman {spearman(ours, -geometric):.4f}",
     )  # fmt: skip
     spatial = SPATIAL[:2]
     theirs = theirs_nac(pod, net, spatial, loader, test, setting, bins_authors=True)
     ours = ours_on(spatial)
     report(
-        f"{name}: conv1,block1 taps, authors' bins", "r = -1/3", ours, -theirs / 3,
+        f"{name}, conv1,block1: authors' bins", "r = -1/3", ours, -theirs / 3,
         f"Spearman {spearman(ours, -theirs):.4f}",
     )  # fmt: skip
     with mean_of_products():
-        ours = ours_on(spatial)
-    report(f"{name}: conv1,block1 taps, ours pooled as theirs", "r = -1/3", ours, -theirs / 3)
+        ours = ours_on(spatial, float32_states=True)
+    report(f"{name}, conv1,block1: ours their pooling, f32 states", "r = -1/3", ours, -theirs / 3)
 
 
 def ridge_precision(features, labels, num_classes: int, chunk: int = 8192):
@@ -240,18 +265,43 @@ def ridge_precision(features, labels, num_classes: int, chunk: int = 8192):
 RIDGELESS = ours_mmd.class_means_and_tied_precision
 
 
-def compare_multi_mahalanobis(pod, net, loader, test, weights=None, ridge: bool = False) -> None:
+@contextlib.contextmanager
+def ridge_on_ours(ridge: bool):
+    """Our multi-layer and ODIN Mahalanobis fits with pytorch-ood's 1e-6 I ridge when ``ridge``."""
+    fit = ridge_precision if ridge else RIDGELESS
+    with (
+        patched(ours_mmd, "class_means_and_tied_precision", fit),
+        patched(ours_odin, "class_means_and_tied_precision", fit),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def in_float64(net, loader, test, float64: bool):
+    """(net, loader, test) as given, or float64 copies with float64 the default dtype (pytorch-ood
+    allocates its means and scatter with the default dtype)."""
+    if not float64:
+        yield net, loader, test
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield copy.deepcopy(net).double(), [(x.double(), y) for x, y in loader], test.double()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def compare_multi_mahalanobis(pod, net, loader, test, weights=None, ridge=False, float64=False) -> None:
     """Multi-layer Mahalanobis on conv1, block1, block2: theirs -1/2 the distances with the scatter
     (not / N) plus 1e-6 I: ours = -2N x theirs."""
-    with patched(ours_mmd, "class_means_and_tied_precision", ridge_precision if ridge else RIDGELESS):
+    with ridge_on_ours(ridge):
         ours, _ = ours_scores(MultiMahalanobis(weights=weights), net, loader, test, SPATIAL)
     alpha = list(weights) if weights else None
-    theirs = pod.MultiMahalanobis([net.conv1, net.block1, net.block2], alpha=alpha).fit(loader)
-    with torch.no_grad():
-        theirs = theirs.predict(test).double().numpy()
-    label = f"multi_mahalanobis weights={weights or (1, 1, 1)}" + (
-        " (ours + their 1e-6 I ridge)" if ridge else ""
-    )
+    with in_float64(net, loader, test, float64) as (model, batches, x), torch.no_grad():
+        theirs_det = pod.MultiMahalanobis([model.conv1, model.block1, model.block2], alpha=alpha)
+        theirs = theirs_det.fit(batches).predict(x).double().numpy()
+    notes = [n for n, on in (("ours + 1e-6 I ridge", ridge), ("theirs float64", float64)) if on]
+    label = f"multi_mahalanobis w={weights or (1, 1, 1)}" + (f" ({'; '.join(notes)})" if notes else "")
     report(label, f"r = -2N = {-2 * TRAIN}", ours, -2 * TRAIN * theirs)
 
 
@@ -262,21 +312,27 @@ def zero_gradients(encoder, test) -> int:
     return int((grad == 0).sum())
 
 
-def compare_mahalanobis_odin(pod, net, loader, test, eps: float) -> None:
-    """Mahalanobis on h with input pre-processing eps (divided by the input std): ours = -2N x
-    theirs; then theirs with our precision / N (float32), leaving their sign(0) = 0 (ours +1)."""
-    ours_det = MahalanobisODIN(noise=eps)
-    ours, _ = ours_scores(ours_det, net, loader, test, input_std=STD)
-    encoder = net.part("conv1", "flat")
-    theirs_det = pod.MahalanobisODIN(encoder, eps=eps, norm_std=list(STD)).fit(loader)
-    theirs = theirs_det.predict(test).double().detach().numpy()
-    report(f"mahalanobis_odin eps={eps}", f"r = -2N = {-2 * TRAIN}", ours, -2 * TRAIN * theirs)
-    theirs_det._base.precision = (ours_det.precision_ / TRAIN).float()
-    theirs = theirs_det.predict(test).double().detach().numpy()
-    report(
-        f"mahalanobis_odin eps={eps} (theirs: our precision / N)", f"r = -2N = {-2 * TRAIN}", ours,
-        -2 * TRAIN * theirs, f"zero input-gradient entries {zero_gradients(encoder, test)}",
-    )  # fmt: skip
+def compare_mahalanobis_odin(pod, net, loader, test, eps: float, ridge=False, float64=False) -> None:
+    """Mahalanobis on h with input pre-processing eps (divided by the input std), theirs -1/2 the
+    distances with the scatter plus 1e-6 I: ours = -2N x theirs. With ``float64`` both run a float64
+    copy of the net, ours fitted on its float64 h (``fit_loader`` gives float32 h, as the cache).
+    Their sign(0) is 0, ours +1: the count of exactly-zero input-gradient entries says whether
+    that matters here."""
+    with ridge_on_ours(ridge), in_float64(net, loader, test, float64) as (model, batches, x):
+        ours_det, encoder = MahalanobisODIN(noise=eps), model.part("conv1", "flat")
+        if float64:
+            with torch.no_grad():
+                h = torch.cat([encoder(b) for b, _ in batches]).numpy()
+            ours_det.fit(model, STD, h, torch.cat([y for _, y in batches]).numpy())
+            ours = score_with_model(ours_det, model, x)[0].numpy()
+        else:
+            ours, _ = ours_scores(ours_det, model, batches, x, input_std=STD)
+        theirs_det = pod.MahalanobisODIN(encoder, eps=eps, norm_std=list(STD)).fit(batches)
+        theirs = theirs_det.predict(x).double().detach().numpy()
+    notes = [n for n, on in (("ours + 1e-6 I ridge", ridge), ("both float64", float64)) if on]
+    label = f"mahalanobis_odin eps={eps}" + (f" ({'; '.join(notes)})" if notes else "")
+    extra = f"zero input-gradient entries {zero_gradients(net.part('conv1', 'flat'), test)}" if ridge else ""
+    report(label, f"r = -2N = {-2 * TRAIN}", ours, -2 * TRAIN * theirs, extra)
 
 
 def main(argv=None) -> None:
@@ -299,13 +355,16 @@ def main(argv=None) -> None:
     for powers in (1, 5, 10):
         compare_gram(pod, net, loader, labels, test, powers)
     compare_gram(pod, net, loader, labels, test, 10, float64_rows=True)
-    for setting in ((100.0, 50, 50), (1000.0, 50, 10), (10.0, 8, 5)):
+    for setting in ((100.0, 50, 50), (1000.0, 50, 10), ((1000.0, 100.0, 3000.0), (50, 8, 20), (10, 50, 5))):
         compare_nac(pod, net, loader, test, setting)
     compare_multi_mahalanobis(pod, net, loader, test)
     compare_multi_mahalanobis(pod, net, loader, test, ridge=True)
-    compare_multi_mahalanobis(pod, net, loader, test, weights=(1.0, 0.5, 2.0), ridge=True)
+    compare_multi_mahalanobis(pod, net, loader, test, ridge=True, float64=True)
+    compare_multi_mahalanobis(pod, net, loader, test, weights=(1.0, 0.5, 2.0), ridge=True, float64=True)
     for eps in (0.0, 0.002, 0.01):
         compare_mahalanobis_odin(pod, net, loader, test, eps)
+        compare_mahalanobis_odin(pod, net, loader, test, eps, ridge=True)
+        compare_mahalanobis_odin(pod, net, loader, test, eps, ridge=True, float64=True)
 
 
 if __name__ == "__main__":
