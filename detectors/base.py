@@ -375,6 +375,11 @@ class LayerDetector(Detector):
 
     taps: ClassVar[tuple[str, ...]] = ("pooled",)
 
+    def check_layers(self, layers: tuple[str, ...]) -> list[str]:
+        """What this configuration cannot take from the tapped modules ``layers`` (known before any
+        forward pass, like ``check_sizes``): one message per problem, naming the flag."""
+        return []
+
     def score_layers(self, h: torch.Tensor, layers: dict) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 

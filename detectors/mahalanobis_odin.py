@@ -70,6 +70,12 @@ def classifier_head(model: nn.Module, who: str) -> nn.Linear:
     return head
 
 
+def check_noise(detector) -> None:
+    """ValueError naming the flag when the pre-processing magnitude ``detector.noise`` is negative."""
+    if not detector.noise >= 0:
+        raise ValueError(f"{detector.flag('noise')} must be >= 0 (got {detector.noise})")
+
+
 class MahalanobisODIN(NetworkDetector):
     name = "mahalanobis_odin"
     paper = "Lee et al., NeurIPS 2018"
@@ -86,8 +92,7 @@ class MahalanobisODIN(NetworkDetector):
         return {"noise": NOISE_GRID}
 
     def check_params(self) -> None:
-        if not self.noise >= 0:
-            raise ValueError(f"{self.flag('noise')} must be >= 0 (got {self.noise})")
+        check_noise(self)
 
     def fit(self, model, input_std, train_features, train_labels) -> MahalanobisODIN:
         super().fit(model, input_std)

@@ -27,7 +27,7 @@ from util.errors import UserError
 from util.layer_taps import LayerArrays, LayerTaps, TapSpec, pooled
 
 from .base import NetworkDetector
-from .mahalanobis_odin import NOISE_GRID, classifier_head, closest_distance, preprocessed
+from .mahalanobis_odin import NOISE_GRID, check_noise, classifier_head, closest_distance, preprocessed
 from .multi_mahalanobis import check_weights, layer_gaussians, layer_weights, weight_list
 
 
@@ -60,8 +60,7 @@ class MDSEnsemble(NetworkDetector):
         return {"noise": NOISE_GRID}
 
     def check_params(self) -> None:
-        if not self.noise >= 0:
-            raise ValueError(f"{self.flag('noise')} must be >= 0 (got {self.noise})")
+        check_noise(self)
         check_weights(self.weights, self.flag("weights"))
 
     def fit(self, model, input_std, train_layers: LayerArrays, train_labels) -> MDSEnsemble:

@@ -149,6 +149,19 @@ class NACUE(LayerDetector):
     def search_space(cls, feature_dim: int) -> dict[str, tuple]:
         return {"alpha": (1.0, 10.0, 50.0, 100.0, 1000.0, 3000.0), "o_star": (5.0, 10.0, 50.0, 100.0, 500.0)}
 
+    def check_layers(self, layers: tuple[str, ...]) -> list[str]:
+        """One message naming every per-layer flag whose list does not fit the tapped layers."""
+        num_layers = len(layers) + int(self.penultimate)
+        wrong = [n for n in PER_LAYER if np.ndim(getattr(self, n)) and len(getattr(self, n)) != num_layers]
+        if not wrong:
+            return []
+        given = ", ".join(f"{self.flag(n)} ({len(getattr(self, n))} values)" for n in wrong)
+        return [
+            f"{given} for {num_layers} layers ({len(layers)} tapped, then the penultimate; the defaults "
+            "are the authors' for 3 tapped layers): give one value or one per layer, or tap 3 layers "
+            "with --feature-layers"
+        ]
+
     def layer_values(self, name: str, num_layers: int) -> list:
         """The value of per-layer parameter ``name`` for each of ``num_layers`` layers."""
         value = getattr(self, name)

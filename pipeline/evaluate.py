@@ -199,9 +199,12 @@ def _size_problems(config: EvalConfig, session) -> dict[str, str]:
         fits_on_training_set = set(detector.needs()) & {*TRAIN_STATISTICS, "train_images"}
         num_train = len(session.train_dataset()) if fits_on_training_set else None
         problems = detector.check_sizes(fc.in_features, fc.out_features, num_train)
+        if problems and config.max_samples:
+            problems[-1] += f" (--max-samples {config.max_samples} limits the training images)"
+        if hasattr(detector, "check_layers"):  # a multi-layer detector: the tapped modules
+            problems += detector.check_layers(layer_choice(config)[0])
         if problems:
-            subset = f" (--max-samples {config.max_samples} limits the training images)"
-            out[run.method] = f"{run.method}: " + "; ".join(problems) + (subset if config.max_samples else "")
+            out[run.method] = f"{run.method}: " + "; ".join(problems)
     return out
 
 

@@ -192,3 +192,14 @@ def test_scoring_before_fit_is_a_not_fitted_error(penultimate):
         NotFittedError, match=r"nac_ue is not fitted: call fit\(fc, train_layers, train_labels, train_"
     ):
         NACUE(penultimate=penultimate).score_layers(torch.ones(2, D), random_layers(2, 0).block(0, 2))
+
+
+def test_per_layer_values_that_do_not_fit_the_tapped_layers_are_a_problem_before_any_forward_pass():
+    detector = registry.build("nac_ue", "CIFAR-10")
+    assert detector.check_layers(("block1", "block2", "block3")) == []
+    problems = detector.check_layers(("layer1", "layer2", "layer3", "layer4"))
+    assert problems == [
+        "--nac-ue-alpha (4 values), --nac-ue-bins (4 values), --nac-ue-o-star (4 values) for 5 layers "
+        "(4 tapped, then the penultimate; the defaults are the authors' for 3 tapped layers): give one "
+        "value or one per layer, or tap 3 layers with --feature-layers"
+    ]
