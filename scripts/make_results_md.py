@@ -190,14 +190,14 @@ def network_section(network: dict[str, dict]) -> list[str]:
 
 
 def forward_note(settings: dict) -> list[str]:
-    """How many images the run put through the network for its feature cache (a fresh cache: each
-    image once, the multi-layer detectors' statistics in the same pass)."""
+    """How many images the run put through the network for its feature cache (each once; the
+    multi-layer detectors' statistics in the same pass)."""
     n = settings.get("images_forwarded")
     if not n:
         return []
     return [
-        f"The run started from an empty cache and forwarded {n:,} images once for all the detectors",
-        "scored from the cache (the layer statistics of the multi-layer ones in the same pass).",
+        f"The run put {n:,} images through the network for the feature cache, each once (the other",
+        "sets were read from it), before the network-level detectors ran the network on their own.",
     ]
 
 
