@@ -381,7 +381,8 @@ class LayerDetector(Detector):
         return []
 
     def score_layers(self, h: torch.Tensor, layers: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(scores (B,), logits (B, C)): each multi-layer detector defines its own."""
+        raise TypeError(f"{type(self).__name__} defines no score_layers(h, layers); a LayerDetector must")
 
     def score_batch(self, h: torch.Tensor):
         raise TypeError(f"{self.name} reads intermediate layers: score with score_layers(h, layers)")
