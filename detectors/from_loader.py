@@ -27,12 +27,14 @@ from models import MODELS, default_layers
 from models.heads import cpu_copy, last_batchnorm
 from models.split import _check_output, evaluating, features_and_logits, known_head, model_device
 from util.errors import UserError
-from util.layer_taps import LayerArrays, LayerTaps, TapSpec, split_rows
+from util.layer_taps import LayerArrays, LayerTaps, TapSpec, tap_kinds
 
 from .statistics import ClassMeanAccumulator, fill_empty_classes, taylor_contributions
 
 # The statistics a detector's fit may name (``Detector.needs()``).
 STATISTICS = ("contributions", "mean_feature", "train_features", "train_labels", "train_layers", "batchnorm")
+# Statistics that are the training loader itself (AdaSCALE's fit runs the network on its images).
+LOADER_STATISTICS = ("train_images",)
 IMAGE_KEYS = ("image", "images", "img", "pixel_values", "input", "inputs", "x")
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 # Where an ODIN-like perturbation's scale comes from when the loader's transform has no Normalize.
@@ -91,7 +93,7 @@ def tapped_forward(model: nn.Module, x: torch.Tensor, head: str | None, taps: La
     """
     if taps is None or not taps.spec.needs_grad:
         h, z, fc = features_and_logits(model, x, head)
-        return h, z, fc, (batch_layers(taps, z) if taps is not None else None)
+        return h, z, fc, (taps.layer_arrays(z) if taps is not None else None)
     fc = fc if fc is not None else features_and_logits(model, x[:1], head)[2]
     kept = {}
     handle = fc.register_forward_hook(lambda _m, args, out: kept.update(h=args[0], z=out))
@@ -101,18 +103,8 @@ def tapped_forward(model: nn.Module, x: torch.Tensor, head: str | None, taps: La
     finally:
         handle.remove()
     _check_output(model, out, kept["z"])
-    layers = batch_layers(taps, out)
+    layers = taps.layer_arrays(out)
     return kept["h"].detach().float(), out.detach().float(), fc, layers
-
-
-def batch_layers(taps: LayerTaps, logits: torch.Tensor) -> LayerArrays:
-    """The ``LayerArrays`` of the outputs ``taps`` kept in the last forward pass (float32, CPU)."""
-    shapes = taps.row_shapes(taps.channels())
-    flat = taps.reduce(logits).float().cpu().numpy()
-    arrays: dict[str, list] = {kind: [] for kind in taps.spec.kinds}
-    for (kind, _, _), part in zip(taps.spec.array_names(), split_rows(flat, shapes)):
-        arrays[kind].append(part)
-    return LayerArrays(taps.spec.layers, {k: tuple(v) for k, v in arrays.items()})
 
 
 def flat_layers(layers: LayerArrays, spec: TapSpec) -> tuple[np.ndarray, list[tuple[int, ...]]]:
@@ -165,7 +157,7 @@ def layer_names(model: nn.Module, feature_layers, readers: str) -> tuple[str, ..
 def tap_spec_of(model: nn.Module, detectors, feature_layers=None) -> TapSpec | None:
     """The layer statistics the ``detectors`` read (the union of their ``taps``) on the modules of
     ``layer_names``; None when none reads intermediate layers."""
-    kinds = tuple(dict.fromkeys(kind for d in detectors for kind in getattr(d, "taps", ())))
+    kinds = tap_kinds(detectors)
     if not kinds:
         return None
     readers = ", ".join(d.name for d in detectors if getattr(d, "taps", ()))
@@ -353,6 +345,16 @@ def input_std_of(loader, what: str = "") -> tuple[float, ...]:
     return std
 
 
+def computed_statistics(needs) -> tuple[str, ...]:
+    """The statistics of ``needs`` that a pass over the training loader computes."""
+    return tuple(n for n in needs if n not in LOADER_STATISTICS)
+
+
+def loader_statistics(needs, loader) -> dict:
+    """The statistics of ``needs`` that are the training ``loader`` itself (``LOADER_STATISTICS``)."""
+    return {n: loader for n in needs if n in LOADER_STATISTICS}
+
+
 def reads_layers(detector) -> bool:
     """Whether ``detector`` is a ``detectors.base.LayerDetector`` (scored with ``score_layers``;
     told by its method, so that this module need not import the base module that imports it)."""
@@ -374,10 +376,9 @@ def fit_loader(
     needs = detector.needs()
     if detector.kind == "network":
         std = input_std if input_std is not None else input_std_of(loader, detector.name)
-        computed = [n for n in needs if n != "train_images"]  # AdaSCALE runs the images itself
+        computed = computed_statistics(needs)
         stats = training_statistics(model, loader, computed, head, spec)[1] if computed else {}
-        images = {"train_images": loader} if "train_images" in needs else {}
-        return detector.fit(model, std, **stats, **images)
+        return detector.fit(model, std, **stats, **loader_statistics(needs, loader))
     fc, stats = training_statistics(model, loader, needs, head, spec)
     detector.fit(fc, **stats)
     if reads_layers(detector):

@@ -43,8 +43,10 @@ from detectors.from_loader import (
     TrainingPass,
     batch_parts,
     batchnorm_statistics,
+    computed_statistics,
     flat_layers,
     input_std_of,
+    loader_statistics,
     tap_spec_of,
     tapped_batches,
     training_statistics,
@@ -54,7 +56,7 @@ from util.datasets import canonical_id_name
 from util.errors import UserError
 from util.features import CACHE_VERSION, FeatureCache, taps_record
 from util.io import row_blocks
-from util.layer_taps import LayerArrays, TapSpec
+from util.layer_taps import LayerArrays, TapSpec, tap_kinds
 
 from . import report
 
@@ -178,7 +180,8 @@ def evaluate(
     cache = FeatureCache(cache_dir, model_key(model, head)) if cache_dir is not None else None
     spec = tap_spec_of(model, runs, feature_layers)  # the layer statistics the detectors read, if any
     by_features = [d for d in runs if d.kind != "network"]
-    needs = tuple(dict.fromkeys(n for d in runs for n in d.needs()))  # one training pass for all
+    # one training pass for all (AdaSCALE's training images are the loader itself)
+    needs = computed_statistics(dict.fromkeys(n for d in runs for n in d.needs()))
     fc, stats, sets = None, {}, {}
     if by_features:
         taps = (spec, _set_taps(spec, runs))
@@ -204,7 +207,7 @@ def evaluate(
 def _set_taps(spec: TapSpec | None, runs) -> TapSpec | None:
     """The layer statistics of the test loaders: those the ``LayerDetector``s read (network-level
     detectors run the model on the test images themselves)."""
-    kinds = tuple(dict.fromkeys(k for d in runs if isinstance(d, LayerDetector) for k in d.taps))
+    kinds = tap_kinds(d for d in runs if isinstance(d, LayerDetector))
     return TapSpec(spec.layers, kinds) if kinds else None
 
 
@@ -432,10 +435,8 @@ def _head(model, loader, head, dim: int, classes: int) -> nn.Linear:
 def score_sets_of(detector: Detector, sets: dict) -> tuple[dict, dict]:
     """(scores, predicted classes) per set by ``score_features``, as ``ood_eval.py`` scores them
     (a ``LayerDetector`` with the set's layer statistics)."""
-    layered = isinstance(detector, LayerDetector)
     scored = {
-        k: score_features(detector, features, layers=layers if layered else None)
-        for k, (features, _, _, layers) in sets.items()
+        k: score_features(detector, features, layers=layers) for k, (features, _, _, layers) in sets.items()
     }
     return {k: s for k, (s, _) in scored.items()}, {k: p for k, (_, p) in scored.items()}
 
@@ -447,7 +448,8 @@ def _network_scores(
     the input std and the training statistics its ``fit`` names (``stats``), batch by batch."""
     loader = train_loader if train_loader is not None else loaders["in"]
     std = input_std if input_std is not None else input_std_of(loader, detector.name)
-    detector.fit(model, std, **{k: stats[k] for k in detector.needs()})
+    computed = {k: stats[k] for k in computed_statistics(detector.needs())}
+    detector.fit(model, std, **computed, **loader_statistics(detector.needs(), loader))
     scores, preds, labels = {}, {}, None
     device = model_device(model)
     for key, loader in loaders.items():

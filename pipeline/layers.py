@@ -6,12 +6,7 @@ from __future__ import annotations
 
 from models import default_layers
 from util.errors import UserError
-from util.layer_taps import TapSpec
-
-
-def tap_kinds(detectors) -> tuple[str, ...]:
-    """The layer statistics the ``detectors`` read, in first-asked order (empty: none)."""
-    return tuple(dict.fromkeys(kind for d in detectors for kind in getattr(d, "taps", ())))
+from util.layer_taps import TapSpec, tap_kinds
 
 
 def layer_choice(config) -> tuple[tuple[str, ...], str]:

@@ -76,6 +76,12 @@ TAP_KINDS: dict[str, TapKind] = {
 }
 
 
+def tap_kinds(detectors) -> tuple[str, ...]:
+    """The layer statistics the ``detectors`` read (the union of their ``taps``), in first-asked
+    order; empty when none reads intermediate layers."""
+    return tuple(dict.fromkeys(kind for d in detectors for kind in getattr(d, "taps", ())))
+
+
 @dataclass(frozen=True)
 class TapSpec:
     """Which modules' outputs a run reads (``layers``, module names) and how (``kinds``)."""
@@ -218,6 +224,15 @@ class LayerTaps:
             parts.append(row.reshape(len(row), -1))
         self.outputs = [None] * len(self.modules)
         return torch.cat(parts, dim=1).detach()
+
+    def layer_arrays(self, logits: torch.Tensor) -> LayerArrays:
+        """``reduce(logits)`` as the ``LayerArrays`` of this batch (float32, CPU)."""
+        shapes = self.row_shapes(self.channels())
+        flat = self.reduce(logits).float().cpu().numpy()
+        arrays: dict[str, list] = {kind: [] for kind in self.spec.kinds}
+        for (kind, _, _), part in zip(self.spec.array_names(), split_rows(flat, shapes)):
+            arrays[kind].append(part)
+        return LayerArrays(self.spec.layers, {k: tuple(v) for k, v in arrays.items()})
 
     def row_shapes(self, channels: list[int]) -> list[tuple[int, ...]]:
         """Row shape of each array (``spec.array_names()`` order) given each layer's channels."""

@@ -180,3 +180,15 @@ def test_defaults_are_openoods_and_the_names_are_its_two_variants():
     ]
     space = AdaSCALE.search_space(D)
     assert all(lo < hi for lo in space["min_percentile"] for hi in space["max_percentile"])
+
+
+def test_evaluate_from_python_fits_on_the_training_loaders_images_as_fit_loader_does():
+    from pipeline.api import evaluate
+
+    net = PooledConvNet(D, C)
+    train = DataLoader(Images(24, 0), batch_size=8)
+    test, ood = DataLoader(Images(6, 50), batch_size=3), DataLoader(Images(6, 90), batch_size=3)
+    result = evaluate(net, [AdaSCALE(num_samples=20)], train, test, {"ood": ood}, input_std=STD)
+    alone = AdaSCALE(num_samples=20).fit_loader(net, train, input_std=STD)
+    want = torch.cat([alone.score(net, x) for x, _ in test])
+    np.testing.assert_allclose(result.scores["adascale_a"]["in"], want.numpy(), rtol=1e-12)
